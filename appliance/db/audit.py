@@ -1,0 +1,35 @@
+"""Query wrappers of `sql/audit.sql`: reading and verifying the hash-chained audit log.
+
+Entries are only ever written by the server-side functions of the migrations (in the same
+transaction as the state change they record); nothing here writes.
+"""
+
+from __future__ import annotations
+
+from appliance import models
+from appliance.db import pool, sql
+
+_Q = sql.load("audit")
+
+
+async def list_chain(conn: pool.Connection | pool.Pool, chain: str) -> list[models.AuditEntry]:
+    """One chain's entries in order."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["list_chain"], chain)
+    return [models.AuditEntry(**pool.record_dict(row)) for row in rows]
+
+
+async def find_chain_breaks(
+    conn: pool.Connection | pool.Pool, *, limit: int = 20
+) -> list[models.ChainBreak]:
+    """The entries that do not verify, in chain and sequence order."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["find_chain_breaks"], limit)
+    return [models.ChainBreak(**pool.record_dict(row)) for row in rows]
+
+
+async def count_audit_entries(conn: pool.Connection | pool.Pool) -> tuple[int, int]:
+    """(entries, chains)."""
+    with pool.translated():
+        row = await conn.fetchrow(_Q["count_audit_entries"])
+    return (row["entries"], row["chains"]) if row else (0, 0)

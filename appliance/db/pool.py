@@ -1,0 +1,144 @@
+"""The asyncpg pool, DSN resolution, and the one place where driver errors become ours."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import asyncpg
+
+from appliance import errors, settings
+
+log = logging.getLogger(__name__)
+
+LEASE_LOST = "AP409"
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    TimeoutError,
+)
+
+Connection = asyncpg.Connection
+Pool = asyncpg.Pool
+Record = asyncpg.Record
+Tls = ssl.SSLContext | Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None
+
+
+def dsn_of(config: settings.DatabaseSettings, socket_dir: Path | None = None) -> str:
+    """The libpq URL to connect with: the configured DSN, or a unix socket directory."""
+    if config.url is not None:
+        return config.url.get_secret_value()
+    folder = socket_dir or config.socket_dir
+    if folder is None:
+        raise errors.ConfigError("database: no url and no socket_dir, and no embedded cluster")
+    return f"postgresql://{config.user}@/{config.name}?host={folder}"
+
+
+def ssl_context(config: settings.DatabaseSettings) -> Tls:
+    """TLS for a remote server: verify-full checks the chain and the host name."""
+    if config.sslmode is None:
+        return None
+    if config.sslmode in ("verify-ca", "verify-full"):
+        context = ssl.create_default_context(
+            cafile=str(config.sslrootcert) if config.sslrootcert else None
+        )
+        context.check_hostname = config.sslmode == "verify-full"
+        return context
+    return config.sslmode
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 12,
+    timeout: float = 5.0,
+    tls: Tls = None,
+) -> asyncpg.Pool:
+    """Open a pool whose connections decode json/jsonb; raise DatabaseUnavailableError."""
+    with translated():
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            ssl=tls,
+            init=_init_connection,
+            server_settings={"application_name": "appliance"},
+        )
+    return pool
+
+
+async def connect(dsn: str, *, timeout: float = 5.0) -> asyncpg.Connection:
+    """One connection outside the pool (LISTEN, advisory locks that outlive a transaction)."""
+    with translated():
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=timeout)
+        await _init_connection(conn)
+    return conn
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    with contextlib.suppress(ValueError, IndexError):
+        if "@" in dsn and "://" in dsn:
+            scheme, rest = dsn.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return dsn
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the error means Postgres cannot be reached (as opposed to a bad query)."""
+    return isinstance(exc, (*_UNAVAILABLE, errors.DatabaseUnavailableError))
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Turn asyncpg errors into the appliance's: the only place that knows the driver's."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise errors.DatabaseUnavailableError(
+            f"Postgres cannot be reached: {type(exc).__name__}: {exc}"
+        ) from exc
+    except asyncpg.exceptions.InvalidCatalogNameError as exc:
+        raise errors.ConfigError(f"database does not exist: {exc}") from exc
+    except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
+        raise errors.ConfigError(f"database refused the login: {exc}") from exc
+    except asyncpg.exceptions.InvalidPasswordError as exc:
+        raise errors.ConfigError(f"database refused the password: {exc}") from exc
+    except asyncpg.exceptions.UndefinedTableError as exc:
+        raise errors.SchemaError(f"the schema is missing ({exc}); run `appliance migrate`") from exc
+    except asyncpg.exceptions.UndefinedFunctionError as exc:
+        raise errors.SchemaError(
+            f"the schema is out of date ({exc}); run `appliance migrate`"
+        ) from exc
+    except asyncpg.exceptions.ForeignKeyViolationError as exc:
+        if exc.constraint_name == "tasks_tenant_id_fkey":
+            raise errors.UnknownTenantError(
+                f"unknown tenant ({exc.detail}); create it with `appliance tenants add`"
+            ) from exc
+        raise errors.InputError(f"{exc} ({exc.detail})") from exc
+    except asyncpg.exceptions.PostgresError as exc:
+        if exc.sqlstate == LEASE_LOST:
+            raise errors.LeaseLostError(str(exc)) from exc
+        raise errors.ApplianceError(f"database error: {exc}") from exc
+
+
+def record_dict(record: Any) -> dict[str, Any]:
+    """A row as a plain dict."""
+    return dict(record.items())

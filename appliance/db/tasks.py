@@ -1,0 +1,242 @@
+"""Query wrappers of `sql/tasks.sql`: tasks, step checkpoints and attempts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from appliance import errors, models
+from appliance.db import pool, sql
+
+_Q = sql.load("tasks")
+
+
+def _claimed(rows: Sequence[pool.Record]) -> list[models.ClaimedTask]:
+    return [
+        models.ClaimedTask(
+            task_id=row["task_id"],
+            tenant_id=row["tenant_id"],
+            workflow=row["workflow"],
+            input=row["input"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            checkpoints=tuple((name, output) for name, output in row["checkpoints"]),
+        )
+        for row in rows
+    ]
+
+
+async def submit_task(
+    conn: pool.Connection | pool.Pool,
+    *,
+    tenant_id: str,
+    workflow: str,
+    input_json: str,
+    priority: int,
+    run_after: dt.datetime | None,
+    max_attempts: int,
+    idempotency_key: str | None,
+    concurrency_key: str | None,
+    concurrency_limit: int | None,
+    actor: str,
+) -> tuple[models.Submitted, str, Any]:
+    """Insert a task; returns it with the workflow and input it was (first) submitted with."""
+    with pool.translated():
+        row = await conn.fetchrow(
+            _Q["submit_task"],
+            tenant_id,
+            workflow,
+            input_json,
+            priority,
+            run_after,
+            max_attempts,
+            idempotency_key,
+            concurrency_key,
+            concurrency_limit,
+            actor,
+        )
+    if row is None:
+        raise errors.EngineError("submit_task returned no row")
+    return models.Submitted(row["task_id"], row["created"]), row["workflow"], row["input"]
+
+
+async def claim_tasks(
+    conn: pool.Connection | pool.Pool,
+    *,
+    worker: str,
+    node: str,
+    limit: int,
+    lease_seconds: float,
+    workflows: Sequence[str],
+    tenant_share: int,
+) -> list[models.ClaimedTask]:
+    """Lease up to `limit` ready tasks."""
+    with pool.translated():
+        rows = await conn.fetch(
+            _Q["claim_tasks"], worker, node, limit, lease_seconds, list(workflows), tenant_share
+        )
+    return _claimed(rows)
+
+
+async def record_step(
+    conn: pool.Connection | pool.Pool,
+    *,
+    task_id: int,
+    worker: str,
+    attempt: int,
+    position: int,
+    name: str,
+    output_json: str,
+    started_at: dt.datetime,
+    duration_ms: float,
+) -> bool:
+    """Checkpoint one step; returns True when a cancel was requested."""
+    with pool.translated():
+        cancel: bool = await conn.fetchval(
+            _Q["record_step"],
+            task_id,
+            worker,
+            attempt,
+            position,
+            name,
+            output_json,
+            started_at,
+            duration_ms,
+        )
+    return cancel
+
+
+async def finish_task(
+    conn: pool.Connection | pool.Pool,
+    *,
+    task_id: int,
+    worker: str,
+    attempt: int,
+    outcome: str,
+    output_json: str | None,
+    error: str | None,
+    retry_at: dt.datetime | None,
+    step: tuple[int, str, str, dt.datetime, float] | None,
+    node: str,
+    claim: int,
+    lease_seconds: float,
+    workflows: Sequence[str],
+    tenant_share: int,
+) -> list[models.ClaimedTask]:
+    """End an attempt, writing the pending checkpoint, and claim up to `claim` next tasks."""
+    position, name, step_json, started_at, duration_ms = step or (None, None, None, None, None)
+    with pool.translated():
+        rows = await conn.fetch(
+            _Q["finish_task"],
+            task_id,
+            worker,
+            attempt,
+            outcome,
+            output_json,
+            error,
+            retry_at,
+            position,
+            name,
+            step_json,
+            started_at,
+            duration_ms,
+            node,
+            claim,
+            lease_seconds,
+            list(workflows),
+            tenant_share,
+        )
+    return _claimed(rows)
+
+
+async def requeue_abandoned(
+    conn: pool.Connection | pool.Pool,
+    *,
+    node: str | None = None,
+    task_ids: Sequence[int] | None = None,
+    actor: str,
+) -> int:
+    """Requeue a restarted node's tasks, the given tasks of worker `actor`, or expired ones."""
+    with pool.translated():
+        count: int = await conn.fetchval(
+            _Q["requeue_abandoned"], node, list(task_ids) if task_ids is not None else None, actor
+        )
+    return count
+
+
+async def extend_leases(
+    conn: pool.Connection | pool.Pool, *, worker: str, lease_seconds: float, task_ids: Sequence[int]
+) -> set[int]:
+    """Heartbeat; returns the ids of the tasks this worker still holds."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["extend_leases"], worker, lease_seconds, list(task_ids))
+    return {row["task_id"] for row in rows}
+
+
+async def next_due_at(
+    conn: pool.Connection | pool.Pool, *, workflows: Sequence[str]
+) -> dt.datetime | None:
+    """When the next queued task becomes ready (None when the queue is empty)."""
+    with pool.translated():
+        due: dt.datetime | None = await conn.fetchval(_Q["next_due_at"], list(workflows))
+    return due
+
+
+async def cancel_task(conn: pool.Connection | pool.Pool, *, task_id: int, actor: str) -> str | None:
+    """'cancelled', 'cancelling', the terminal state it already had, or None if unknown."""
+    with pool.translated():
+        result: str | None = await conn.fetchval(_Q["cancel_task"], task_id, actor)
+    return result
+
+
+async def retry_task(conn: pool.Connection | pool.Pool, *, task_id: int, actor: str) -> str | None:
+    """'queued', the state that prevents a retry, or None if unknown."""
+    with pool.translated():
+        result: str | None = await conn.fetchval(_Q["retry_task"], task_id, actor)
+    return result
+
+
+def _task(row: pool.Record) -> models.Task:
+    return models.Task(**pool.record_dict(row))
+
+
+async def get_task(conn: pool.Connection | pool.Pool, task_id: int) -> models.Task | None:
+    """One task, or None."""
+    with pool.translated():
+        row = await conn.fetchrow(_Q["get_task"], task_id)
+    return _task(row) if row else None
+
+
+async def list_tasks(
+    conn: pool.Connection | pool.Pool,
+    *,
+    tenant_id: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+) -> list[models.Task]:
+    """The newest tasks first."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["list_tasks"], tenant_id, state, limit)
+    return [_task(row) for row in rows]
+
+
+async def list_steps(conn: pool.Connection | pool.Pool, task_id: int) -> list[models.Step]:
+    """A task's checkpoints in order."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["list_steps"], task_id)
+    return [models.Step(**pool.record_dict(row)) for row in rows]
+
+
+async def list_attempts(conn: pool.Connection | pool.Pool, task_id: int) -> list[models.Attempt]:
+    """A task's attempts in order."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["list_attempts"], task_id)
+    return [models.Attempt(**pool.record_dict(row)) for row in rows]
+
+
+async def count_tasks_by_state(conn: pool.Connection | pool.Pool) -> dict[str, int]:
+    """How many tasks are in each state."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["count_tasks_by_state"])
+    return {row["state"]: row["n"] for row in rows}

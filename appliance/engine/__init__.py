@@ -1,0 +1,1 @@
+"""The durable task engine: workflows, their tasks and steps, checkpoints, leases, retries."""

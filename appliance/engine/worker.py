@@ -1,0 +1,373 @@
+"""The worker: claims tasks, runs their workflows, checkpoints steps, keeps leases alive.
+
+Wake-ups come by LISTEN/NOTIFY; a slow poll is only a safety net. Each finished task claims
+its successor in the same commit. A heartbeat extends the leases of the tasks being run and
+requeues those whose lease expired elsewhere. A restarted node first takes back the tasks
+held under its own node name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+from typing import Any
+
+from appliance import errors, models, settings
+from appliance.db import pool as dbpool
+from appliance.db import tasks as dbtasks
+from appliance.engine import backoff, context, registry
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "appliance_tasks"
+
+
+class Health:
+    """Whether Postgres answers; the daemon's monitor sets it, the worker reads it."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        self.reason = ""
+        self.changed = asyncio.Event()
+
+    def set(self, ok: bool, reason: str = "") -> None:
+        if ok != self.ok:
+            self.changed.set()
+        self.ok, self.reason = ok, reason
+
+
+class Worker:
+    """Runs tasks of the registered workflows, `concurrency` at a time."""
+
+    def __init__(
+        self,
+        pool: dbpool.Pool,
+        dsn: str,
+        config: settings.EngineSettings,
+        workflows: registry.Registry,
+        *,
+        health: Health | None = None,
+    ) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._config = config
+        self._registry = workflows
+        self._names = workflows.names()
+        self.health = health or Health()
+        self.node = config.node_name
+        self.worker_id = f"{config.node_name}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._wake = asyncio.Event()
+        self._draining = False
+        self._stopped = asyncio.Event()
+        self._slots: set[asyncio.Task[None]] = set()
+        self._running: dict[int, int] = {}
+        self._abandoned: set[int] = set()
+        self._listener: dbpool.Connection | None = None
+        self.started = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Work until stop(); returns after the drain."""
+        heartbeat = asyncio.create_task(self._heartbeat(), name="engine.heartbeat")
+        try:
+            await self._reclaim_own()
+            self.started.set()
+            await self._loop()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self._close_listener()
+            self._stopped.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running steps finish within the grace period; release the rest."""
+        grace = self._config.shutdown_grace_seconds if grace is None else grace
+        self._draining = True
+        self._wake.set()
+        if self._slots:
+            _, late = await asyncio.wait(set(self._slots), timeout=grace)
+            for slot in late:
+                slot.cancel()
+            if late:
+                await asyncio.wait(late)
+        await self._stopped.wait()
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    # ---- claiming --------------------------------------------------------------------------
+
+    async def _reclaim_own(self) -> None:
+        """After a crash of this node, its tasks resume at once instead of after the lease."""
+        try:
+            count = await dbtasks.requeue_abandoned(
+                self._pool, node=self.node, actor=self.worker_id
+            )
+        except errors.DatabaseUnavailableError:
+            return
+        if count:
+            log.info(
+                "took back %d task(s) of node %s",
+                count,
+                self.node,
+                extra={"event": "engine.reclaimed", "count": count},
+            )
+
+    async def _loop(self) -> None:
+        while not self._draining:
+            self._wake.clear()
+            if self.health.ok:
+                await self._ensure_listener()
+                await self._release_abandoned()
+                claimed = await self._claim(self._config.concurrency - len(self._slots))
+                for task in claimed:
+                    self._start_slot(task)
+            timeout = await self._idle_timeout()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def _claim(self, free: int) -> list[models.ClaimedTask]:
+        if free <= 0 or not self._names:
+            return []
+        try:
+            return await dbtasks.claim_tasks(
+                self._pool,
+                worker=self.worker_id,
+                node=self.node,
+                limit=free,
+                lease_seconds=self._config.lease_seconds,
+                workflows=self._names,
+                tenant_share=self._config.tenant_concurrency,
+            )
+        except errors.DatabaseUnavailableError:
+            log.debug("claim skipped: database unavailable", extra={"event": "engine.claim"})
+            return []
+
+    async def _idle_timeout(self) -> float:
+        """Sleep until the safety-net poll or the next delayed task, whichever is sooner."""
+        timeout = self._config.poll_seconds
+        if not self.health.ok or len(self._slots) >= self._config.concurrency:
+            return timeout
+        try:
+            due = await dbtasks.next_due_at(self._pool, workflows=self._names)
+        except errors.DatabaseUnavailableError:
+            return timeout
+        if due is not None:
+            wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
+            timeout = max(0.0, min(timeout, wait + 0.001))
+        return timeout
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await dbpool.connect(self._dsn)
+            await self._listener.add_listener(CHANNEL, self._notified)
+        except errors.ApplianceError:
+            self._listener = None
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=2)
+            self._listener = None
+
+    async def _release_abandoned(self) -> None:
+        """Tasks given up while Postgres was away go back to the queue once it answers."""
+        if not self._abandoned:
+            return
+        ids = sorted(self._abandoned)
+        try:
+            await dbtasks.requeue_abandoned(self._pool, task_ids=ids, actor=self.worker_id)
+        except errors.DatabaseUnavailableError:
+            return
+        self._abandoned.difference_update(ids)
+
+    async def _heartbeat(self) -> None:
+        interval = self._config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self.health.ok:
+                continue
+            try:
+                if self._running:
+                    held = await dbtasks.extend_leases(
+                        self._pool,
+                        worker=self.worker_id,
+                        lease_seconds=self._config.lease_seconds,
+                        task_ids=list(self._running),
+                    )
+                    for lost in set(self._running) - held:
+                        log.warning(
+                            "lease of task %d lost", lost, extra={"event": "engine.lease_lost"}
+                        )
+                await dbtasks.requeue_abandoned(self._pool, actor=self.worker_id)
+            except errors.ApplianceError as exc:
+                log.debug("heartbeat failed: %s", exc, extra={"event": "engine.heartbeat"})
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def _start_slot(self, task: models.ClaimedTask) -> None:
+        slot = asyncio.create_task(self._slot(task), name=f"engine.task.{task.task_id}")
+        self._slots.add(slot)
+        slot.add_done_callback(self._slot_done)
+
+    def _slot_done(self, slot: asyncio.Task[None]) -> None:
+        self._slots.discard(slot)
+        if not slot.cancelled() and slot.exception() is not None:
+            log.error(
+                "task slot crashed",
+                exc_info=slot.exception(),
+                extra={"event": "engine.slot_crashed"},
+            )
+        self._wake.set()
+
+    async def _slot(self, first: models.ClaimedTask) -> None:
+        task: models.ClaimedTask | None = first
+        while task is not None:
+            current = task
+            self._running[current.task_id] = current.attempt
+            try:
+                task = await self._run(current)
+            finally:
+                self._running.pop(current.task_id, None)
+
+    async def _run(self, task: models.ClaimedTask) -> models.ClaimedTask | None:
+        """Run one attempt; return the next task claimed in the same commit, if any."""
+        ctx = context.TaskContext(
+            task_id=task.task_id,
+            tenant_id=task.tenant_id,
+            attempt=task.attempt,
+            checkpoints=task.checkpoints,
+            writer=lambda step: self._write_step(task, step),
+            draining=lambda: self._draining,
+        )
+        try:
+            workflow = self._registry.get(task.workflow)
+            output = await workflow.fn(ctx, task.input)
+            output_json = json.dumps(output)
+        except context.Released:
+            return await self._finish(task, ctx, "released")
+        except context.Cancelled:
+            return await self._finish(task, ctx, "cancelled")
+        except asyncio.CancelledError:
+            with contextlib.suppress(errors.ApplianceError):
+                await self._finish(task, ctx, "released", claim=False)
+            raise
+        except errors.LeaseLostError as exc:
+            log.warning("%s", exc, extra={"event": "engine.lease_lost", "task_id": task.task_id})
+            return None
+        except errors.DatabaseUnavailableError:
+            self._abandoned.add(task.task_id)
+            return None
+        except (errors.NonDeterminismError, errors.UnknownWorkflowError) as exc:
+            return await self._finish(task, ctx, "failed", error=_describe(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure of workflow code ends the attempt
+            return await self._failed(task, ctx, exc)
+        return await self._finish(task, ctx, "succeeded", output_json=output_json)
+
+    async def _write_step(self, task: models.ClaimedTask, step: context.PendingStep) -> bool:
+        position, name, output_json, started_at, duration_ms = step
+        return await dbtasks.record_step(
+            self._pool,
+            task_id=task.task_id,
+            worker=self.worker_id,
+            attempt=task.attempt,
+            position=position,
+            name=name,
+            output_json=output_json,
+            started_at=started_at,
+            duration_ms=duration_ms,
+        )
+
+    async def _failed(
+        self, task: models.ClaimedTask, ctx: context.TaskContext, exc: Exception
+    ) -> models.ClaimedTask | None:
+        error = _describe(exc)
+        if task.attempt >= task.max_attempts:
+            log.warning(
+                "task %d failed after %d attempt(s): %s",
+                task.task_id,
+                task.attempt,
+                error,
+                extra={"event": "engine.task_failed", "task_id": task.task_id},
+            )
+            return await self._finish(task, ctx, "failed", error=error)
+        wait = backoff.delay(
+            task.attempt,
+            base=self._config.retry_base_seconds,
+            cap=self._config.retry_max_seconds,
+        )
+        retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
+        log.info(
+            "task %d attempt %d failed, retry in %.2fs: %s",
+            task.task_id,
+            task.attempt,
+            wait,
+            error,
+            extra={"event": "engine.retry_scheduled", "task_id": task.task_id},
+        )
+        return await self._finish(task, ctx, "retry", error=error, retry_at=retry_at)
+
+    async def _finish(
+        self,
+        task: models.ClaimedTask,
+        ctx: context.TaskContext,
+        outcome: str,
+        *,
+        output_json: str | None = None,
+        error: str | None = None,
+        retry_at: dt.datetime | None = None,
+        claim: bool = True,
+    ) -> models.ClaimedTask | None:
+        take = 1 if claim and not self._draining and self.health.ok else 0
+        try:
+            claimed = await dbtasks.finish_task(
+                self._pool,
+                task_id=task.task_id,
+                worker=self.worker_id,
+                attempt=task.attempt,
+                outcome=outcome,
+                output_json=output_json,
+                error=error,
+                retry_at=retry_at,
+                step=ctx.pending,
+                node=self.node,
+                claim=take,
+                lease_seconds=self._config.lease_seconds,
+                workflows=self._names,
+                tenant_share=self._config.tenant_concurrency,
+            )
+        except errors.LeaseLostError as exc:
+            log.warning("%s", exc, extra={"event": "engine.lease_lost", "task_id": task.task_id})
+            return None
+        except errors.DatabaseUnavailableError:
+            self._abandoned.add(task.task_id)
+            return None
+        ctx.pending = None
+        return claimed[0] if claimed else None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def json_input(value: Any) -> str:
+    """Serialise a task input, with a clear error when it is not JSON."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise errors.InputError(f"task input is not JSON: {exc}") from exc

@@ -1,0 +1,154 @@
+"""The error tree of the appliance.
+
+Each class's docstring is its default message; each carries the CLI exit code (STYLE.md) and
+the HTTP status the web layer answers with.
+
+    ApplianceError                      70  500  a bug
+    ├── UsageError                       2  400  the command line is wrong
+    ├── ConfigError                     78  500  the config file or an override is invalid
+    ├── InputError                      65  400  bad input data
+    │   ├── UnknownWorkflowError        65  404
+    │   ├── UnknownTenantError          65  404
+    │   └── IdempotencyConflictError    65  409
+    ├── NotFoundError                    1  404  the thing asked for does not exist
+    ├── StateError                       1  409  the answer is no in the thing's current state
+    ├── DependencyError                 69  503  something we depend on is down
+    │   ├── DatabaseUnavailableError    69  503
+    │   └── PostgresBinariesMissingError 69 503
+    ├── LockedError                     75  503  try again later
+    ├── NotAllowedError                 77  403
+    │   └── RunAsRootError              77  403
+    ├── SchemaError                     78  500  migrations drifted or are missing
+    ├── AuditChainError                  1  500  the audit chain does not verify
+    └── EngineError                     70  500
+        ├── NonDeterminismError         70  500
+        └── LeaseLostError              75  409
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """An unexpected error inside the appliance."""
+
+    exit_code: int = 70
+    http_status: int = 500
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(ApplianceError):
+    """The command line is not valid."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class ConfigError(ApplianceError):
+    """The configuration is not valid."""
+
+    exit_code = 78
+
+
+class InputError(ApplianceError):
+    """The input data is not valid."""
+
+    exit_code = 65
+    http_status = 400
+
+
+class UnknownWorkflowError(InputError):
+    """No workflow is registered under that name."""
+
+    http_status = 404
+
+
+class UnknownTenantError(InputError):
+    """No tenant exists with that id."""
+
+    http_status = 404
+
+
+class IdempotencyConflictError(InputError):
+    """That idempotency key was already used for a different request."""
+
+    http_status = 409
+
+
+class NotFoundError(ApplianceError):
+    """The thing asked for does not exist."""
+
+    exit_code = 1
+    http_status = 404
+
+
+class StateError(ApplianceError):
+    """That is not possible in the current state."""
+
+    exit_code = 1
+    http_status = 409
+
+
+class DependencyError(ApplianceError):
+    """A service the appliance depends on is unavailable."""
+
+    exit_code = 69
+    http_status = 503
+
+
+class DatabaseUnavailableError(DependencyError):
+    """Postgres cannot be reached."""
+
+
+class PostgresBinariesMissingError(DependencyError):
+    """The PostgreSQL server binaries (initdb, pg_ctl, postgres) are not installed."""
+
+
+class LockedError(ApplianceError):
+    """Another process holds the lock; try again later."""
+
+    exit_code = 75
+    http_status = 503
+
+
+class NotAllowedError(ApplianceError):
+    """That is not allowed."""
+
+    exit_code = 77
+    http_status = 403
+
+
+class RunAsRootError(NotAllowedError):
+    """PostgreSQL refuses to run as root."""
+
+
+class SchemaError(ApplianceError):
+    """The database schema does not match the migrations shipped with this version."""
+
+    exit_code = 78
+
+
+class AuditChainError(ApplianceError):
+    """The audit chain does not verify."""
+
+    exit_code = 1
+
+
+class EngineError(ApplianceError):
+    """The task engine hit an internal error."""
+
+
+class NonDeterminismError(EngineError):
+    """A workflow replayed a different step than the one checkpointed at that position."""
+
+
+class LeaseLostError(EngineError):
+    """This worker no longer holds the task's lease; another worker has taken it over."""
+
+    exit_code = 75
+    http_status = 409

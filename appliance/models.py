@@ -1,0 +1,132 @@
+"""Frozen rows: what the query wrappers of `appliance.db` hand to the rest of the package."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, Literal
+
+TaskState = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Submitted:
+    """The answer to a submit: the task, and whether this call created it."""
+
+    task_id: int
+    created: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """A task this worker now holds the lease of, with the checkpoints of earlier attempts."""
+
+    task_id: int
+    tenant_id: str
+    workflow: str
+    input: Any
+    attempt: int
+    max_attempts: int
+    checkpoints: tuple[tuple[str, Any], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Task:
+    task_id: int
+    tenant_id: str
+    workflow: str
+    input: Any
+    state: TaskState
+    wait_reason: str | None
+    priority: int
+    run_after: dt.datetime
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None
+    concurrency_key: str
+    lease_node: str | None
+    cancel_requested_by: str | None
+    output: Any
+    error: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    task_id: int
+    position: int
+    name: str
+    output: Any
+    attempt: int
+    started_at: dt.datetime
+    duration_ms: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    task_id: int
+    attempt: int
+    node: str
+    worker: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    outcome: str
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditEntry:
+    chain: str
+    seq: int
+    tenant_id: str
+    task_id: int | None
+    actor: str
+    action: str
+    detail: Any
+    created_at: dt.datetime
+    prev_hash: str
+    hash: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """The first audit entry that does not verify, and why."""
+
+    chain: str
+    seq: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    event_seq: int
+    event_id: str
+    tenant_id: str
+    task_id: int | None
+    type: str
+    payload: Any
+    created_at: dt.datetime
+    attempts: int
+
+    def as_message(self) -> dict[str, Any]:
+        """The shape every sink ships: a stable id a sink can drop duplicates by."""
+        return {
+            "id": self.event_id,
+            "seq": self.event_seq,
+            "type": self.type,
+            "tenant_id": self.tenant_id,
+            "task_id": self.task_id,
+            "created_at": self.created_at.isoformat(),
+            "payload": self.payload,
+        }

@@ -1,0 +1,239 @@
+"""The configuration: one frozen pydantic model of nested sections, read from TOML plus env.
+
+Where the file comes from: `--config`, else `$APPLIANCE_CONFIG`, else
+`/etc/appliance/appliance.toml` (a missing default file means all defaults; a missing file that
+was named explicitly is an error). Any key can be overridden from the environment as
+`APPLIANCE_<SECTION>__<KEY>` (top-level keys as `APPLIANCE_<KEY>`); a value that parses as JSON
+(a number, a list, an object, true/false) is taken as such, anything else as a string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+
+from appliance import errors
+
+DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
+ENV_PREFIX = "APPLIANCE_"
+
+
+class _Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: pydantic.SecretStr | None = pydantic.Field(
+        default=None,
+        description="libpq DSN of an external Postgres; empty = the embedded cluster",
+    )
+    socket_dir: Path | None = pydantic.Field(
+        default=None, description="connect over the unix socket in this directory instead of a DSN"
+    )
+    name: str = pydantic.Field(default="appliance", description="database name (socket/embedded)")
+    user: str = pydantic.Field(default="appliance", description="database role (socket/embedded)")
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        pydantic.Field(default=None, description="TLS mode for a remote server (verify-full there)")
+    )
+    sslrootcert: Path | None = pydantic.Field(
+        default=None, description="CA file that signs the server's certificate"
+    )
+    pool_min: int = pydantic.Field(default=2, ge=1, description="connections kept open")
+    pool_max: int = pydantic.Field(default=12, ge=2, description="most connections in the pool")
+    connect_timeout: float = pydantic.Field(
+        default=5.0, gt=0, description="seconds to wait for a connection"
+    )
+    migrate_on_start: bool = pydantic.Field(
+        default=True, description="apply pending migrations when the daemon starts"
+    )
+    embedded_user: str = pydantic.Field(
+        default="appliance",
+        description="OS user that runs the embedded Postgres when the daemon runs as root",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> DatabaseSettings:
+        if self.url is not None and self.socket_dir is not None:
+            raise ValueError("set either url or socket_dir, not both")
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min is larger than pool_max")
+        return self
+
+
+class EngineSettings(_Section):
+    node_name: str = pydantic.Field(
+        default_factory=socket.gethostname,
+        description="this node's name; a restarted node takes back its own tasks at once",
+    )
+    concurrency: int = pydantic.Field(default=8, ge=1, description="tasks run at once per worker")
+    lease_seconds: float = pydantic.Field(
+        default=10.0,
+        ge=1,
+        description="a task whose lease is not renewed for this long is taken over",
+    )
+    poll_seconds: float = pydantic.Field(
+        default=2.0, gt=0, description="safety-net poll when no notification arrives"
+    )
+    max_attempts: int = pydantic.Field(default=3, ge=1, description="default attempts per task")
+    retry_base_seconds: float = pydantic.Field(
+        default=1.0, ge=0, description="first retry delay; doubles per attempt, with jitter"
+    )
+    retry_max_seconds: float = pydantic.Field(
+        default=300.0, ge=0, description="longest retry delay"
+    )
+    tenant_concurrency: int = pydantic.Field(
+        default=4,
+        ge=1,
+        description="fair share of running tasks per tenant while other tenants wait (soft)",
+    )
+    integration_limits: dict[str, int] = pydantic.Field(
+        default_factory=dict,
+        description="hard limit of running tasks per integration a workflow names",
+    )
+    shutdown_grace_seconds: float = pydantic.Field(
+        default=10.0, ge=0, description="time running steps get to finish on SIGTERM"
+    )
+    workflow_modules: tuple[str, ...] = pydantic.Field(
+        default=(), description="Python modules imported at start to register workflows"
+    )
+
+
+class OutboxSettings(_Section):
+    sinks: tuple[Literal["stdout", "file"], ...] = pydantic.Field(
+        default=("stdout",), description="where outbox events are shipped"
+    )
+    file_path: Path | None = pydantic.Field(
+        default=None, description="JSON-lines file of the `file` sink"
+    )
+    batch_size: int = pydantic.Field(default=200, ge=1, description="events shipped per batch")
+    retry_base_seconds: float = pydantic.Field(
+        default=1.0, ge=0, description="first redelivery delay; doubles per failure"
+    )
+    retry_max_seconds: float = pydantic.Field(default=300.0, ge=0, description="longest delay")
+
+    @pydantic.model_validator(mode="after")
+    def _file_sink_needs_path(self) -> OutboxSettings:
+        if "file" in self.sinks and self.file_path is None:
+            raise ValueError("the file sink needs outbox.file_path")
+        return self
+
+
+class HealthSettings(_Section):
+    host: str = pydantic.Field(
+        default="127.0.0.1", description="address of /healthz and /readyz (tailnet address later)"
+    )
+    port: int = pydantic.Field(default=8470, ge=0, le=65535, description="0 picks a free port")
+    db_check_seconds: float = pydantic.Field(
+        default=0.25, gt=0, description="how often readiness checks Postgres"
+    )
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = pydantic.Field(
+        default="INFO", description="log level"
+    )
+    format: Literal["json", "text"] = pydantic.Field(
+        default="json", description="json lines (journald) or text for a terminal"
+    )
+
+
+class Settings(_Section):
+    mode: Literal["edge", "worker", "ingress"] = pydantic.Field(
+        default="edge", description="deployment shape (DESIGN.md)"
+    )
+    state_dir: Path = pydantic.Field(
+        default=Path("/var/lib/appliance"),
+        description="the daemon's directory (the embedded Postgres cluster lives here)",
+    )
+    default_tenant: str = pydantic.Field(
+        default="default", description="tenant used when a command names none"
+    )
+    database: DatabaseSettings = pydantic.Field(default_factory=DatabaseSettings)
+    engine: EngineSettings = pydantic.Field(default_factory=EngineSettings)
+    outbox: OutboxSettings = pydantic.Field(default_factory=OutboxSettings)
+    health: HealthSettings = pydantic.Field(default_factory=HealthSettings)
+    log: LogSettings = pydantic.Field(default_factory=LogSettings)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the daemon owns its Postgres cluster (no DSN, no socket dir)."""
+        return self.database.url is None and self.database.socket_dir is None
+
+
+def config_path(explicit: Path | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
+    """The file to read and whether it was named (a named file must exist)."""
+    if explicit is not None:
+        return explicit, True
+    if environ.get("APPLIANCE_CONFIG"):
+        return Path(environ["APPLIANCE_CONFIG"]), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load(explicit: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate the configuration; raise ConfigError naming file, key, reason."""
+    env = os.environ if environ is None else environ
+    path, named = config_path(explicit, env)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise errors.ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise errors.ConfigError(f"{path}: cannot be read: {exc.strerror}") from exc
+    elif named:
+        raise errors.ConfigError(f"{path}: the config file does not exist")
+    origins = _apply_env(data, env)
+    try:
+        return Settings.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise errors.ConfigError(_describe(exc, path if path.exists() else None, origins)) from exc
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Fold APPLIANCE_* overrides into data; return {dotted key: env var} for error messages."""
+    origins: dict[str, str] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "APPLIANCE_CONFIG":
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        target = data
+        for part in parts[:-1]:
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise errors.ConfigError(f"{name}: {part} is not a section")
+            target = child
+        target[parts[-1]] = _env_value(raw)
+        origins[".".join(parts)] = name
+    return origins
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _describe(exc: pydantic.ValidationError, path: Path | None, origins: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = f"{path}" if path else "defaults"
+        if key in origins:
+            where = f"environment variable {origins[key]}"
+        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{where}: {key}: {reason}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret replaced by '**********'."""
+    return settings.model_dump(mode="json")
