@@ -22,7 +22,8 @@ the HTTP status the web layer answers with.
     ├── AuditChainError                  1  500  the audit chain does not verify
     └── EngineError                     70  500
         ├── NonDeterminismError         70  500
-        └── LeaseLostError              75  409
+        ├── LeaseLostError              75  409
+        └── ChainContentionError        75  409
 """
 
 from __future__ import annotations
@@ -149,6 +150,13 @@ class NonDeterminismError(EngineError):
 
 class LeaseLostError(EngineError):
     """This worker no longer holds the task's lease; another worker has taken it over."""
+
+    exit_code = 75
+    http_status = 409
+
+
+class ChainContentionError(EngineError):
+    """Another writer appended to the same audit chain at the same moment; retry the write."""
 
     exit_code = 75
     http_status = 409

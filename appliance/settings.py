@@ -3,8 +3,8 @@
 Where the file comes from: `--config`, else `$APPLIANCE_CONFIG`, else
 `/etc/appliance/appliance.toml` (a missing default file means all defaults; a missing file that
 was named explicitly is an error). Any key can be overridden from the environment as
-`APPLIANCE_<SECTION>__<KEY>` (top-level keys as `APPLIANCE_<KEY>`); a value that parses as JSON
-(a number, a list, an object, true/false) is taken as such, anything else as a string.
+`APPLIANCE_<SECTION>__<KEY>` (top-level keys as `APPLIANCE_<KEY>`); lists and tables are written
+as JSON (`APPLIANCE_OUTBOX__SINKS='["stdout"]'`), scalars as they are.
 """
 
 from __future__ import annotations
@@ -216,10 +216,14 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, st
 
 
 def _env_value(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
+    """Lists and tables are JSON; scalars stay strings for pydantic to convert by field type
+    (so a numeric-looking node name stays text)."""
+    if raw.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
 
 
 def _describe(exc: pydantic.ValidationError, path: Path | None, origins: dict[str, str]) -> str:
@@ -237,3 +241,38 @@ def _describe(exc: pydantic.ValidationError, path: Path | None, origins: dict[st
 def redacted(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, with every secret replaced by '**********'."""
     return settings.model_dump(mode="json")
+
+
+def template() -> str:
+    """A config file with every key, commented out at its default, described."""
+    lines = ["# appliance configuration; every key shows its default. See `appliance config show`."]
+    sections: list[tuple[str, type[pydantic.BaseModel]]] = []
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+            sections.append((name, annotation))
+            continue
+        lines.extend(_template_field(name, field))
+    for name, model in sections:
+        lines.extend(["", f"[{name}]"])
+        for key, field in model.model_fields.items():
+            lines.extend(_template_field(key, field))
+    return "\n".join(lines) + "\n"
+
+
+def _template_field(name: str, field: Any) -> list[str]:
+    default = field.get_default(call_default_factory=True)
+    rendered = "" if default is None else _toml(default)
+    return [f"# {field.description}", f"# {name} = {rendered}".rstrip()]
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))

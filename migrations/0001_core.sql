@@ -1,5 +1,7 @@
 -- The durable core: tenants, tasks, step checkpoints, attempts, the hash-chained audit log and
--- the transactional outbox. Every table carries tenant_id. The functions below let the engine
+-- the transactional outbox. Task inputs, outputs and checkpoints are `json`, kept verbatim as the
+-- worker wrote them, so a replayed value is exactly the value first returned (jsonb would
+-- renormalise numbers: 1e300 would come back as an integer). Every table carries tenant_id. The functions below let the engine
 -- write a step's checkpoint, its audit entry and its outbox event in one round trip and one
 -- commit, and fold the claim of the next task into the commit that finishes the previous one.
 
@@ -15,7 +17,7 @@ CREATE TABLE appliance.tasks (
     task_id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id           text NOT NULL REFERENCES appliance.tenants,
     workflow            text NOT NULL,
-    input               jsonb NOT NULL,
+    input               json NOT NULL,
     state               text NOT NULL DEFAULT 'queued' CHECK (state IN
                             ('queued', 'running', 'waiting', 'succeeded', 'failed', 'cancelled')),
     wait_reason         text,
@@ -30,7 +32,7 @@ CREATE TABLE appliance.tasks (
     lease_node          text,
     lease_expires_at    timestamptz,
     cancel_requested_by text,
-    output              jsonb,
+    output              json,
     error               text,
     created_at          timestamptz NOT NULL DEFAULT now(),
     started_at          timestamptz,
@@ -52,7 +54,7 @@ CREATE TABLE appliance.steps (
     position    integer NOT NULL CHECK (position >= 0),
     tenant_id   text NOT NULL,
     name        text NOT NULL,
-    output      jsonb NOT NULL,
+    output      json NOT NULL,
     attempt     integer NOT NULL,
     started_at  timestamptz NOT NULL,
     duration_ms double precision NOT NULL,
@@ -74,7 +76,10 @@ CREATE TABLE appliance.task_attempts (
 );
 
 -- Audit: one hash chain per task ('task:<id>') and one per tenant for actions outside a task
--- ('tenant:<id>'), so writers of different tasks never wait on one another.
+-- ('tenant:<id>'), so writers of different tasks never wait on one another. Within a task chain
+-- the writers are serialised by the task row (the lease holder, or whoever locks the row to
+-- claim, requeue or cancel it); the primary key (chain, seq) makes a racing writer fail rather
+-- than fork the chain. Tenant chains take an advisory lock.
 CREATE TABLE appliance.audit_entries (
     chain      text NOT NULL,
     seq        bigint NOT NULL CHECK (seq >= 1),
@@ -88,7 +93,6 @@ CREATE TABLE appliance.audit_entries (
     hash       bytea NOT NULL,
     PRIMARY KEY (chain, seq)
 );
-CREATE INDEX audit_entries_tenant ON appliance.audit_entries (tenant_id, created_at);
 
 CREATE FUNCTION appliance.audit_hash(
     p_prev bytea, p_chain text, p_seq bigint, p_tenant text, p_task bigint, p_actor text,
@@ -96,8 +100,7 @@ CREATE FUNCTION appliance.audit_hash(
 ) RETURNS bytea LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT sha256(p_prev || convert_to(concat_ws(E'\x1f',
         p_chain, p_seq::text, p_tenant, coalesce(p_task::text, ''), p_actor, p_action,
-        p_detail::text,
-        to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')), 'UTF8'))
+        p_detail::text, (extract(epoch FROM p_at) * 1000000)::bigint::text), 'UTF8'))
 $$;
 
 CREATE FUNCTION appliance.audit_append(
@@ -108,7 +111,9 @@ DECLARE
     v_prev bytea;
     v_at   timestamptz := clock_timestamp();
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_chain, 0));
+    IF left(p_chain, 5) <> 'task:' THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_chain, 0));
+    END IF;
     SELECT seq, hash INTO v_seq, v_prev
       FROM appliance.audit_entries WHERE chain = p_chain ORDER BY seq DESC LIMIT 1;
     v_seq := coalesce(v_seq, 0) + 1;
@@ -159,10 +164,10 @@ BEGIN
 END $$;
 
 CREATE FUNCTION appliance.submit_task(
-    p_tenant text, p_workflow text, p_input jsonb, p_priority integer, p_run_after timestamptz,
+    p_tenant text, p_workflow text, p_input json, p_priority integer, p_run_after timestamptz,
     p_max_attempts integer, p_idempotency_key text, p_concurrency_key text,
     p_concurrency_limit integer, p_actor text
-) RETURNS TABLE (task_id bigint, created boolean, workflow text, input jsonb)
+) RETURNS TABLE (task_id bigint, created boolean, workflow text, input json)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -193,48 +198,61 @@ END $$;
 CREATE FUNCTION appliance.claim_tasks(
     p_worker text, p_node text, p_n integer, p_lease_seconds double precision,
     p_workflows text[], p_tenant_share integer
-) RETURNS TABLE (task_id bigint, tenant_id text, workflow text, input jsonb, attempts integer,
-                 max_attempts integer, checkpoints jsonb)
+) RETURNS TABLE (task_id bigint, tenant_id text, workflow text, input json, attempts integer,
+                 max_attempts integer, checkpoints json)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_full  text[];
-    v_hard  text[];
-    v_ids   bigint[] := '{}';
-    v_cand  record;
-    v_row   record;
-    v_count integer;
+    v_full    text[];
+    v_running jsonb;
+    v_taken   jsonb := '{}';
+    v_ids     bigint[] := '{}';
+    v_cand    record;
+    v_row     record;
+    v_count   integer;
+    v_cap     integer;
 BEGIN
     IF p_n <= 0 THEN
         RETURN;
     END IF;
-    SELECT coalesce(array_agg(k.concurrency_key), '{}'),
-           coalesce(array_agg(k.concurrency_key) FILTER (WHERE k.lim IS NOT NULL), '{}')
-      INTO v_full, v_hard
+    SELECT coalesce(jsonb_object_agg(k.concurrency_key, k.n), '{}'),
+           coalesce(array_agg(k.concurrency_key) FILTER (
+               WHERE k.n >= coalesce(k.lim, p_tenant_share)), '{}')
+      INTO v_running, v_full
       FROM (SELECT r.concurrency_key, count(*) AS n, min(r.concurrency_limit) AS lim
               FROM appliance.tasks r WHERE r.state = 'running'
-             GROUP BY r.concurrency_key) k
-     WHERE k.n >= coalesce(k.lim, p_tenant_share);
+             GROUP BY r.concurrency_key) k;
 
+    -- Pass 1 keeps every key to its share (a tenant's fair share, an integration's limit);
+    -- pass 2 lets tenants use slots nobody else wants. Rows are locked only as they are read.
     FOR pass IN 1..2 LOOP
         EXIT WHEN cardinality(v_ids) >= p_n;
         FOR v_cand IN
             SELECT t.task_id, t.concurrency_key, t.concurrency_limit FROM appliance.tasks t
              WHERE t.state = 'queued' AND t.run_after <= now()
                AND t.workflow = ANY (p_workflows)
-               AND t.concurrency_key <> ALL (CASE WHEN pass = 1 THEN v_full ELSE v_hard END)
+               AND (pass = 2 OR t.concurrency_key <> ALL (v_full))
                AND t.task_id <> ALL (v_ids)
              ORDER BY t.priority DESC, t.run_after, t.task_id
-             LIMIT p_n - cardinality(v_ids)
              FOR UPDATE SKIP LOCKED
         LOOP
+            v_count := coalesce((v_running ->> v_cand.concurrency_key)::integer, 0)
+                     + coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0);
+            v_cap := CASE WHEN pass = 1 THEN coalesce(v_cand.concurrency_limit, p_tenant_share)
+                          ELSE v_cand.concurrency_limit END;
+            CONTINUE WHEN v_cap IS NOT NULL AND v_count >= v_cap;
             IF v_cand.concurrency_limit IS NOT NULL THEN
+                -- A hard limit holds across workers: count again under the key's lock.
                 PERFORM pg_advisory_xact_lock(hashtextextended(v_cand.concurrency_key, 1));
-                SELECT count(*) INTO v_count FROM appliance.tasks r
+                SELECT count(*) + coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0)
+                  INTO v_count FROM appliance.tasks r
                  WHERE r.state = 'running' AND r.concurrency_key = v_cand.concurrency_key;
                 CONTINUE WHEN v_count >= v_cand.concurrency_limit;
             END IF;
             v_ids := v_ids || v_cand.task_id;
+            v_taken := v_taken || jsonb_build_object(v_cand.concurrency_key,
+                coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0) + 1);
+            EXIT WHEN cardinality(v_ids) >= p_n;
         END LOOP;
     END LOOP;
 
@@ -260,34 +278,16 @@ BEGIN
         input := v_row.input;
         attempts := v_row.attempts;
         max_attempts := v_row.max_attempts;
-        checkpoints := (SELECT coalesce(jsonb_agg(jsonb_build_array(s.name, s.output)
-                                                  ORDER BY s.position), '[]'::jsonb)
+        checkpoints := (SELECT coalesce(json_agg(json_build_array(s.name, s.output)
+                                                 ORDER BY s.position), '[]'::json)
                           FROM appliance.steps s WHERE s.task_id = v_row.task_id);
         RETURN NEXT;
     END LOOP;
 END $$;
 
--- The lease check of every write by a worker: the lease is this worker's and this attempt's.
--- The row lock also blocks a takeover until the write commits, and a takeover that committed
--- first makes this fail.
-CREATE FUNCTION appliance.hold_lease(p_task bigint, p_worker text, p_attempt integer,
-                                     OUT tenant_id text, OUT cancel_requested boolean)
-LANGUAGE plpgsql AS $$
-BEGIN
-    SELECT t.tenant_id, t.cancel_requested_by IS NOT NULL INTO tenant_id, cancel_requested
-      FROM appliance.tasks t
-     WHERE t.task_id = p_task AND t.lease_owner = p_worker AND t.attempts = p_attempt
-       AND t.state = 'running'
-       FOR SHARE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'task % attempt % is no longer leased to %', p_task, p_attempt, p_worker
-            USING ERRCODE = 'AP409';
-    END IF;
-END $$;
-
 CREATE FUNCTION appliance.write_step(
     p_task bigint, p_tenant text, p_worker text, p_attempt integer, p_position integer,
-    p_name text, p_output jsonb, p_started_at timestamptz, p_duration_ms double precision
+    p_name text, p_output json, p_started_at timestamptz, p_duration_ms double precision
 ) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO appliance.steps (task_id, position, tenant_id, name, output, attempt, started_at,
@@ -299,56 +299,53 @@ BEGIN
                            'duration_ms', round(p_duration_ms::numeric, 3)));
 END $$;
 
--- One step: checkpoint + audit entry + outbox event, one round trip, one commit.
--- Returns true when a cancel was requested, so the task stops at this step boundary.
-CREATE FUNCTION appliance.record_step(
-    p_task bigint, p_worker text, p_attempt integer, p_position integer, p_name text,
-    p_output jsonb, p_started_at timestamptz, p_duration_ms double precision
-) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    v_lease record;
-BEGIN
-    v_lease := appliance.hold_lease(p_task, p_worker, p_attempt);
-    PERFORM appliance.write_step(p_task, v_lease.tenant_id, p_worker, p_attempt, p_position,
-                                 p_name, p_output, p_started_at, p_duration_ms);
-    RETURN v_lease.cancel_requested;
-END $$;
-
 -- End an attempt, with the last step's checkpoint if one is pending, and claim the next tasks
--- in the same commit. p_outcome: succeeded, failed, retry, cancelled, released.
+-- in the same commit. p_outcome: succeeded, failed, retry, cancelled, released. (The steps in
+-- between are written by the record_step statement of appliance/db/sql/tasks.sql.)
 CREATE FUNCTION appliance.finish_task(
-    p_task bigint, p_worker text, p_attempt integer, p_outcome text, p_output jsonb,
+    p_task bigint, p_worker text, p_attempt integer, p_outcome text, p_output json,
     p_error text, p_retry_at timestamptz,
-    p_position integer, p_name text, p_step_output jsonb, p_started_at timestamptz,
+    p_position integer, p_name text, p_step_output json, p_started_at timestamptz,
     p_duration_ms double precision,
     p_node text, p_claim integer, p_lease_seconds double precision, p_workflows text[],
     p_tenant_share integer
-) RETURNS TABLE (task_id bigint, tenant_id text, workflow text, input jsonb, attempts integer,
-                 max_attempts integer, checkpoints jsonb)
+) RETURNS TABLE (task_id bigint, tenant_id text, workflow text, input json, attempts integer,
+                 max_attempts integer, checkpoints json)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_lease  record;
+    v_tenant text;
     v_state  text;
+    v_limit  integer;
     v_detail jsonb;
 BEGIN
-    v_lease := appliance.hold_lease(p_task, p_worker, p_attempt);
-    IF p_position IS NOT NULL THEN
-        PERFORM appliance.write_step(p_task, v_lease.tenant_id, p_worker, p_attempt, p_position,
-                                     p_name, p_step_output, p_started_at, p_duration_ms);
-    END IF;
     v_state := CASE p_outcome WHEN 'retry' THEN 'queued' WHEN 'released' THEN 'queued'
                               ELSE p_outcome END;
+    -- The lease check: this worker's lease of this attempt, or nothing is written. A cancel
+    -- requested meanwhile wins over a retry or a release.
     UPDATE appliance.tasks t
-       SET state = v_state,
+       SET state = CASE WHEN v_state = 'queued' AND t.cancel_requested_by IS NOT NULL
+                        THEN 'cancelled' ELSE v_state END,
            output = CASE WHEN p_outcome = 'succeeded' THEN p_output ELSE t.output END,
            error = CASE WHEN p_outcome IN ('failed', 'retry') THEN p_error ELSE t.error END,
            run_after = CASE WHEN p_outcome = 'retry' THEN p_retry_at
                             WHEN p_outcome = 'released' THEN now() ELSE t.run_after END,
-           attempts = CASE WHEN p_outcome = 'released' THEN t.attempts - 1 ELSE t.attempts END,
-           finished_at = CASE WHEN v_state = 'queued' THEN NULL ELSE now() END,
+           max_attempts = CASE WHEN p_outcome = 'released' THEN t.max_attempts + 1
+                               ELSE t.max_attempts END,
+           finished_at = CASE WHEN v_state = 'queued' AND t.cancel_requested_by IS NULL
+                              THEN NULL ELSE now() END,
            lease_owner = NULL, lease_node = NULL, lease_expires_at = NULL, updated_at = now()
-     WHERE t.task_id = p_task;
+     WHERE t.task_id = p_task AND t.lease_owner = p_worker AND t.attempts = p_attempt
+       AND t.state = 'running'
+    RETURNING t.tenant_id, t.state, t.concurrency_limit INTO v_tenant, v_state, v_limit;
+    IF v_tenant IS NULL THEN
+        RAISE EXCEPTION 'task % attempt % is no longer leased to %', p_task, p_attempt, p_worker
+            USING ERRCODE = 'AP409';
+    END IF;
+    IF p_position IS NOT NULL THEN
+        PERFORM appliance.write_step(p_task, v_tenant, p_worker, p_attempt, p_position,
+                                     p_name, p_step_output, p_started_at, p_duration_ms);
+    END IF;
     UPDATE appliance.task_attempts a SET ended_at = now(), outcome = p_outcome, error = p_error
      WHERE a.task_id = p_task AND a.attempt = p_attempt;
     v_detail := jsonb_build_object('attempt', p_attempt);
@@ -358,9 +355,13 @@ BEGIN
     IF p_outcome = 'retry' THEN
         v_detail := v_detail || jsonb_build_object('retry_at', p_retry_at);
     END IF;
-    PERFORM appliance.task_event(p_task, v_lease.tenant_id, p_worker,
-                                 'task.' || p_outcome, v_detail);
-    IF v_state = 'queued' THEN
+    PERFORM appliance.task_event(p_task, v_tenant, p_worker, 'task.' || p_outcome, v_detail);
+    IF v_state = 'cancelled' AND p_outcome <> 'cancelled' THEN
+        PERFORM appliance.task_event(p_task, v_tenant, p_worker, 'task.cancelled', '{}'::jsonb);
+    END IF;
+    -- Wake other workers when this frees a task to run: its retry or release, or a slot of a
+    -- hard concurrency limit that a ready task may be waiting for.
+    IF v_state = 'queued' OR v_limit IS NOT NULL THEN
         PERFORM pg_notify('appliance_tasks', '');
     END IF;
     RETURN QUERY SELECT * FROM appliance.claim_tasks(p_worker, p_node, p_claim, p_lease_seconds,
@@ -381,7 +382,19 @@ DECLARE
 BEGIN
     FOR v_task IN
         UPDATE appliance.tasks t
-           SET state = 'queued', lease_owner = NULL, lease_node = NULL, lease_expires_at = NULL,
+           SET state = CASE WHEN t.cancel_requested_by IS NOT NULL THEN 'cancelled'
+                            WHEN p_tasks IS NULL AND t.attempts >= t.max_attempts THEN 'failed'
+                            ELSE 'queued' END,
+               error = CASE WHEN t.cancel_requested_by IS NULL AND p_tasks IS NULL
+                                 AND t.attempts >= t.max_attempts
+                            THEN 'its worker was lost during the last attempt (' || v_reason || ')'
+                            ELSE t.error END,
+               finished_at = CASE WHEN t.cancel_requested_by IS NOT NULL
+                                       OR (p_tasks IS NULL AND t.attempts >= t.max_attempts)
+                                  THEN now() END,
+               max_attempts = CASE WHEN p_tasks IS NOT NULL THEN t.max_attempts + 1
+                                   ELSE t.max_attempts END,
+               lease_owner = NULL, lease_node = NULL, lease_expires_at = NULL,
                run_after = now(), updated_at = now()
          WHERE t.task_id IN (
                 SELECT r.task_id FROM appliance.tasks r
@@ -391,11 +404,12 @@ BEGIN
                              WHEN p_node IS NOT NULL THEN r.lease_node = p_node
                              ELSE r.lease_expires_at < now() END)
                  FOR UPDATE SKIP LOCKED)
-        RETURNING t.task_id, t.tenant_id, t.attempts
+        RETURNING t.task_id, t.tenant_id, t.attempts, t.state
     LOOP
         UPDATE appliance.task_attempts a SET ended_at = now(), outcome = v_reason
          WHERE a.task_id = v_task.task_id AND a.attempt = v_task.attempts;
-        PERFORM appliance.task_event(v_task.task_id, v_task.tenant_id, p_actor, 'task.requeued',
+        PERFORM appliance.task_event(v_task.task_id, v_task.tenant_id, p_actor,
+            CASE v_task.state WHEN 'queued' THEN 'task.requeued' ELSE 'task.' || v_task.state END,
             jsonb_build_object('attempt', v_task.attempts, 'reason', v_reason));
         v_n := v_n + 1;
     END LOOP;
@@ -432,7 +446,8 @@ BEGIN
     RETURN 'cancelled';
 END $$;
 
-CREATE FUNCTION appliance.retry_task(p_task bigint, p_actor text) RETURNS text
+CREATE FUNCTION appliance.retry_task(p_task bigint, p_actor text, p_attempts integer)
+RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_task record;
@@ -446,7 +461,8 @@ BEGIN
         RETURN v_task.state;
     END IF;
     UPDATE appliance.tasks
-       SET state = 'queued', attempts = 0, error = NULL, cancel_requested_by = NULL,
+       SET state = 'queued', max_attempts = attempts + p_attempts, error = NULL,
+           cancel_requested_by = NULL,
            run_after = now(), finished_at = NULL, updated_at = now()
      WHERE task_id = p_task;
     PERFORM appliance.task_event(p_task, v_task.tenant_id, p_actor, 'task.retried', '{}'::jsonb);

@@ -91,20 +91,35 @@ async def record_step(
     started_at: dt.datetime,
     duration_ms: float,
 ) -> bool:
-    """Checkpoint one step; returns True when a cancel was requested."""
-    with pool.translated():
-        cancel: bool = await conn.fetchval(
-            _Q["record_step"],
-            task_id,
-            worker,
-            attempt,
-            position,
-            name,
-            output_json,
-            started_at,
-            duration_ms,
-        )
-    return cancel
+    """Checkpoint one step; returns True when a cancel was requested.
+
+    Raises LeaseLostError when this worker no longer holds this attempt's lease. A write that
+    raced another writer of the task's audit chain (a cancel request) is retried once.
+    """
+    for tries_left in (1, 0):
+        try:
+            with pool.translated():
+                cancel: bool | None = await conn.fetchval(
+                    _Q["record_step"],
+                    task_id,
+                    worker,
+                    attempt,
+                    position,
+                    name,
+                    output_json,
+                    started_at,
+                    duration_ms,
+                )
+        except errors.ChainContentionError:
+            if not tries_left:
+                raise
+            continue
+        if cancel is None:
+            raise errors.LeaseLostError(
+                f"task {task_id} attempt {attempt} is no longer leased to {worker}"
+            )
+        return cancel
+    raise errors.EngineError("unreachable")
 
 
 async def finish_task(
@@ -190,10 +205,12 @@ async def cancel_task(conn: pool.Connection | pool.Pool, *, task_id: int, actor:
     return result
 
 
-async def retry_task(conn: pool.Connection | pool.Pool, *, task_id: int, actor: str) -> str | None:
-    """'queued', the state that prevents a retry, or None if unknown."""
+async def retry_task(
+    conn: pool.Connection | pool.Pool, *, task_id: int, actor: str, attempts: int
+) -> str | None:
+    """'queued' (with `attempts` more attempts), the state that prevents a retry, or None."""
     with pool.translated():
-        result: str | None = await conn.fetchval(_Q["retry_task"], task_id, actor)
+        result: str | None = await conn.fetchval(_Q["retry_task"], task_id, actor, attempts)
     return result
 
 

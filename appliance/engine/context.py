@@ -20,6 +20,14 @@ from typing import Any, Protocol
 from appliance import errors
 
 
+def encode(value: Any, what: str) -> str:
+    """JSON text of a value Postgres can store (no NaN or Infinity), or InputError."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise errors.InputError(f"{what} a value that is not JSON: {exc}") from exc
+
+
 class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
     """The task was cancelled; it stops at this step boundary."""
 
@@ -84,12 +92,7 @@ class TaskContext:
         else:
             result = await asyncio.to_thread(fn, *args)
         duration_ms = (time.perf_counter() - clock) * 1000
-        try:
-            text = json.dumps(result)
-        except (TypeError, ValueError) as exc:
-            raise errors.InputError(
-                f"step {name!r} returned a value that is not JSON: {exc}"
-            ) from exc
+        text = encode(result, f"step {name!r} returned")
         self.pending = (position, name, text, started, duration_ms)
         return result if isinstance(result, str | int | float | bool | None) else json.loads(text)
 

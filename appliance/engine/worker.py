@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import secrets
-from typing import Any
+from collections.abc import Callable
 
 from appliance import errors, models, settings
 from appliance.db import pool as dbpool
@@ -42,7 +41,11 @@ class Health:
 
 
 class Worker:
-    """Runs tasks of the registered workflows, `concurrency` at a time."""
+    """Runs tasks of the registered workflows, `concurrency` at a time.
+
+    `on_finished(task_id, outcome)` is called after each attempt's final commit (outcome:
+    succeeded, failed, retry, cancelled, released).
+    """
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class Worker:
         workflows: registry.Registry,
         *,
         health: Health | None = None,
+        on_finished: Callable[[int, str], None] | None = None,
     ) -> None:
         self._pool = pool
         self._dsn = dsn
@@ -59,11 +63,13 @@ class Worker:
         self._registry = workflows
         self._names = workflows.names()
         self.health = health or Health()
+        self._on_finished = on_finished
         self.node = config.node_name
         self.worker_id = f"{config.node_name}:{os.getpid()}:{secrets.token_hex(3)}"
         self._wake = asyncio.Event()
         self._draining = False
         self._stopped = asyncio.Event()
+        self._claiming_done = asyncio.Event()
         self._slots: set[asyncio.Task[None]] = set()
         self._running: dict[int, int] = {}
         self._abandoned: set[int] = set()
@@ -80,6 +86,7 @@ class Worker:
             self.started.set()
             await self._loop()
         finally:
+            self._claiming_done.set()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -91,6 +98,8 @@ class Worker:
         grace = self._config.shutdown_grace_seconds if grace is None else grace
         self._draining = True
         self._wake.set()
+        if self.started.is_set():
+            await self._claiming_done.wait()
         if self._slots:
             _, late = await asyncio.wait(set(self._slots), timeout=grace)
             for slot in late:
@@ -151,6 +160,9 @@ class Worker:
         except errors.DatabaseUnavailableError:
             log.debug("claim skipped: database unavailable", extra={"event": "engine.claim"})
             return []
+        except errors.ApplianceError as exc:
+            log.error("claim failed: %s", exc, extra={"event": "engine.claim_failed"})
+            return []
 
     async def _idle_timeout(self) -> float:
         """Sleep until the safety-net poll or the next delayed task, whichever is sooner."""
@@ -159,7 +171,7 @@ class Worker:
             return timeout
         try:
             due = await dbtasks.next_due_at(self._pool, workflows=self._names)
-        except errors.DatabaseUnavailableError:
+        except errors.ApplianceError:
             return timeout
         if due is not None:
             wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
@@ -257,7 +269,7 @@ class Worker:
         try:
             workflow = self._registry.get(task.workflow)
             output = await workflow.fn(ctx, task.input)
-            output_json = json.dumps(output)
+            output_json = context.encode(output, f"workflow {task.workflow!r} returned")
         except context.Released:
             return await self._finish(task, ctx, "released")
         except context.Cancelled:
@@ -357,17 +369,13 @@ class Worker:
             self._abandoned.add(task.task_id)
             return None
         ctx.pending = None
+        if self._on_finished is not None:
+            self._on_finished(task.task_id, outcome)
         return claimed[0] if claimed else None
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    """The error as a person reads it; NUL (which Postgres text cannot hold) made visible."""
+    text = str(exc).replace("\x00", "\\x00")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-
-def json_input(value: Any) -> str:
-    """Serialise a task input, with a clear error when it is not JSON."""
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise errors.InputError(f"task input is not JSON: {exc}") from exc

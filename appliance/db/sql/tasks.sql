@@ -1,7 +1,7 @@
 -- name: submit_task
 -- Insert a task (or find the one with the same idempotency key), with its audit entry and event.
 SELECT task_id, created, workflow, input
-  FROM appliance.submit_task($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10);
+  FROM appliance.submit_task($1, $2, $3::text::json, $4, $5, $6, $7, $8, $9, $10);
 
 -- name: claim_tasks
 -- Lease up to $3 ready tasks to worker $1 on node $2, with their earlier checkpoints.
@@ -9,13 +9,45 @@ SELECT task_id, tenant_id, workflow, input, attempts, max_attempts, checkpoints
   FROM appliance.claim_tasks($1, $2, $3, $4, $5, $6);
 
 -- name: record_step
--- Checkpoint one step with its audit entry and event; true when a cancel was requested.
-SELECT appliance.record_step($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8);
+-- One step in one statement: lease check, checkpoint, audit entry, outbox event; returns whether a cancel was requested (no row: the lease is lost).
+WITH lease AS (
+    SELECT t.tenant_id, t.cancel_requested_by IS NOT NULL AS cancel_requested
+      FROM appliance.tasks t
+     WHERE t.task_id = $1 AND t.lease_owner = $2 AND t.attempts = $3 AND t.state = 'running'
+), head AS (
+    SELECT a.seq, a.hash FROM appliance.audit_entries a
+     WHERE a.chain = 'task:' || $1 ORDER BY a.seq DESC LIMIT 1
+), step AS (
+    INSERT INTO appliance.steps
+        (task_id, position, tenant_id, name, output, attempt, started_at, duration_ms)
+    SELECT $1, $4, l.tenant_id, $5, $6::text::json, $3, $7, $8 FROM lease l
+    RETURNING tenant_id
+), entry AS (
+    SELECT s.tenant_id, coalesce(h.seq, 0) + 1 AS seq,
+           coalesce(h.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS prev_hash,
+           jsonb_build_object('step', $5::text, 'position', $4::integer, 'attempt', $3::integer,
+                              'duration_ms', round($8::numeric, 3)) AS detail,
+           clock_timestamp() AS created_at
+      FROM step s LEFT JOIN head h ON true
+), audit AS (
+    INSERT INTO appliance.audit_entries
+        (chain, seq, tenant_id, task_id, actor, action, detail, created_at, prev_hash, hash)
+    SELECT 'task:' || $1, e.seq, e.tenant_id, $1, $2, 'step.completed', e.detail, e.created_at,
+           e.prev_hash,
+           appliance.audit_hash(e.prev_hash, 'task:' || $1, e.seq, e.tenant_id, $1, $2,
+                                'step.completed', e.detail, e.created_at)
+      FROM entry e
+), event AS (
+    INSERT INTO appliance.outbox_events (tenant_id, task_id, type, payload)
+    SELECT e.tenant_id, $1, 'step.completed', e.detail || jsonb_build_object('task_id', $1::bigint)
+      FROM entry e
+)
+SELECT cancel_requested FROM lease;
 
 -- name: finish_task
 -- End an attempt (with its pending checkpoint) and claim the next tasks in the same commit.
 SELECT task_id, tenant_id, workflow, input, attempts, max_attempts, checkpoints
-  FROM appliance.finish_task($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, $9, $10::text::jsonb,
+  FROM appliance.finish_task($1, $2, $3, $4, $5::text::json, $6, $7, $8, $9, $10::text::json,
                              $11, $12, $13, $14, $15, $16, $17);
 
 -- name: requeue_abandoned
@@ -30,17 +62,18 @@ UPDATE appliance.tasks
 RETURNING task_id;
 
 -- name: next_due_at
--- When the earliest delayed task of these workflows becomes ready.
+-- When the earliest delayed task of these workflows becomes ready (ready ones held back by a
+-- concurrency limit wait for a notification instead, so an idle worker never spins on them).
 SELECT min(run_after) FROM appliance.tasks
- WHERE state = 'queued' AND workflow = ANY ($1::text[]);
+ WHERE state = 'queued' AND run_after > now() AND workflow = ANY ($1::text[]);
 
 -- name: cancel_task
 -- Cancel a task now, or ask its worker to stop at the next step boundary.
 SELECT appliance.cancel_task($1, $2);
 
 -- name: retry_task
--- Put a failed or cancelled task back in the queue; it resumes from its last checkpoint.
-SELECT appliance.retry_task($1, $2);
+-- Put a failed or cancelled task back in the queue with $3 more attempts; it resumes from its last checkpoint.
+SELECT appliance.retry_task($1, $2, $3);
 
 -- name: get_task
 -- One task by id.

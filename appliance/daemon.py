@@ -1,0 +1,238 @@
+"""The composition root: config → database → schema → engine, relay → health → ready.
+
+On SIGTERM (or SIGINT): readiness goes red, the worker stops claiming, running steps get the
+grace period to finish, unfinished tasks are released to the queue, the relay stops, the pool
+closes, the embedded cluster stops, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+from appliance import demo, errors, health, outbox, settings
+from appliance.db import connection, migrations
+from appliance.db import health as dbhealth
+from appliance.db import tasks as dbtasks
+from appliance.engine import registry, submission, worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    migrate: bool = True
+    demo_folder: Path | None = None
+    until_idle: bool = False
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness and stopping; nothing under launchd."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+async def run(config: settings.Settings, options: Options) -> int:
+    """Run the daemon until a signal (or, with until_idle, until no work is left)."""
+    registry.import_modules(config.engine.workflow_modules)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    readiness = health.Readiness()
+    runner = web.AppRunner(health.build_app(readiness), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.health.host, config.health.port)
+    await site.start()
+    try:
+        async with connection.open_database(config, start_cluster=True) as db:
+            await _prepare_schema(db, options, readiness)
+            return await _serve(
+                config=config,
+                options=options,
+                db=db,
+                readiness=readiness,
+                stop=stop,
+                port=_bound_port(runner),
+            )
+    finally:
+        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        return int(address[1])
+    return 0
+
+
+async def _prepare_schema(
+    db: connection.Database, options: Options, readiness: health.Readiness
+) -> None:
+    async with db.pool.acquire() as conn:
+        if options.migrate:
+            await migrations.migrate(conn)
+        status = await migrations.status(conn)
+    if not status.current:
+        names = ", ".join(m.filename for m in status.pending)
+        raise errors.SchemaError(
+            f"the database lacks migrations {names}; run `appliance migrate` "
+            "(or start without --no-migrate)"
+        )
+    readiness.schema_current = True
+    readiness.database = True
+    readiness.database_reason = ""
+
+
+async def _serve(
+    *,
+    config: settings.Settings,
+    options: Options,
+    db: connection.Database,
+    readiness: health.Readiness,
+    stop: asyncio.Event,
+    port: int,
+) -> int:
+    work = worker.Worker(db.pool, db.dsn, config.engine, registry.registry)
+    relay = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
+    background = [
+        asyncio.create_task(work.run(), name="engine.worker"),
+        asyncio.create_task(relay.run(), name="outbox.relay"),
+        asyncio.create_task(_watch_database(config, db, readiness, work.health), name="db.watch"),
+    ]
+    await work.started.wait()
+    log.info(
+        "ready: node %s, health on http://%s:%d/readyz",
+        work.node,
+        config.health.host,
+        port,
+        extra={"event": "daemon.ready", "health_port": port, "worker": work.worker_id},
+    )
+    sd_notify("READY=1")
+    if options.demo_folder is not None:
+        demo_task = await _submit_demo(db, config, options.demo_folder)
+        background.append(asyncio.create_task(_report_demo(db, demo_task, stop)))
+    if options.until_idle:
+        background.append(asyncio.create_task(_stop_when_idle(db, stop)))
+    await stop.wait()
+    sd_notify("STOPPING=1")
+    log.info("stopping", extra={"event": "daemon.stopping"})
+    readiness.draining = True
+    await work.stop(config.engine.shutdown_grace_seconds)
+    await relay.stop()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    log.info("stopped", extra={"event": "daemon.stopped"})
+    return 0
+
+
+async def _watch_database(
+    config: settings.Settings,
+    db: connection.Database,
+    readiness: health.Readiness,
+    engine_health: worker.Health,
+) -> None:
+    """Readiness follows Postgres within a second; an outage is logged once, so is recovery."""
+    interval = config.health.db_check_seconds
+    down_since: float | None = None
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            async with asyncio.timeout(max(0.5, interval * 2)):
+                await dbhealth.ping(db.pool)
+        except (errors.ApplianceError, TimeoutError) as exc:
+            reason = str(exc) if isinstance(exc, errors.ApplianceError) else "ping timed out"
+            if down_since is None:
+                down_since = loop.time()
+                log.error(
+                    "database unavailable, work paused: %s",
+                    reason,
+                    extra={"event": "db.unavailable"},
+                )
+            readiness.database, readiness.database_reason = False, reason
+            engine_health.set(False, reason)
+            if db.cluster is not None and loop.time() - down_since > 2:
+                with contextlib.suppress(errors.ApplianceError):
+                    await db.cluster.start()
+        else:
+            if down_since is not None:
+                log.info(
+                    "database back after %.1fs, work resumed",
+                    loop.time() - down_since,
+                    extra={"event": "db.recovered"},
+                )
+                down_since = None
+            readiness.database, readiness.database_reason = True, ""
+            engine_health.set(True)
+        await asyncio.sleep(interval)
+
+
+async def _submit_demo(db: connection.Database, config: settings.Settings, folder: Path) -> int:
+    """Submit the demo task, once per folder content (the same content gives the same task)."""
+    folder = folder.resolve()
+    listing = demo.list_files(str(folder))
+    key = "demo:" + hashlib.sha256(repr((str(folder), listing)).encode()).hexdigest()[:16]
+    submitted = await submission.submit(
+        db.pool,
+        registry.registry,
+        config.engine,
+        tenant_id=config.default_tenant,
+        workflow=demo.WORKFLOW,
+        task_input={"folder": str(folder)},
+        idempotency_key=key,
+        actor="daemon:demo",
+    )
+    log.info(
+        "demo task %d %s for %s",
+        submitted.task_id,
+        "submitted" if submitted.created else "already known",
+        folder,
+        extra={"event": "demo.submitted", "task_id": submitted.task_id},
+    )
+    return submitted.task_id
+
+
+async def _report_demo(db: connection.Database, task_id: int, stop: asyncio.Event) -> None:
+    """Log the demo task's result and step timeline once it ends."""
+    while not stop.is_set():
+        task = await dbtasks.get_task(db.pool, task_id)
+        if task is not None and task.state in ("succeeded", "failed", "cancelled"):
+            steps = await dbtasks.list_steps(db.pool, task.task_id)
+            log.info(
+                "demo task %d %s: %s",
+                task.task_id,
+                task.state,
+                task.output if task.state == "succeeded" else task.error,
+                extra={
+                    "event": "demo.finished",
+                    "task_id": task.task_id,
+                    "state": task.state,
+                    "steps": [f"{s.name} {s.duration_ms:.1f} ms" for s in steps],
+                },
+            )
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _stop_when_idle(db: connection.Database, stop: asyncio.Event) -> None:
+    """--until-idle: stop once no task is ready or running."""
+    while not stop.is_set():
+        await asyncio.sleep(0.2)
+        with contextlib.suppress(errors.DatabaseUnavailableError):
+            if await dbhealth.count_pending_work(db.pool) == 0:
+                log.info("no work left", extra={"event": "daemon.idle"})
+                stop.set()

@@ -1,0 +1,19 @@
+"""Workflows the benchmarks run inside `appliance run` subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from appliance.engine import context, registry
+
+
+async def _sleep(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@registry.workflow("bench.sleepy")
+async def sleepy(ctx: context.TaskContext, task_input: Any) -> Any:
+    """One long step, so a killed worker holds its tasks mid-step."""
+    return await ctx.step("sleep", _sleep, 3600.0)
