@@ -23,7 +23,8 @@ the HTTP status the web layer answers with.
     └── EngineError                     70  500
         ├── NonDeterminismError         70  500
         ├── LeaseLostError              75  409
-        └── ChainContentionError        75  409
+        ├── ChainContentionError        75  409
+        └── StepFailedError             70  500
 """
 
 from __future__ import annotations
@@ -160,3 +161,7 @@ class ChainContentionError(EngineError):
 
     exit_code = 75
     http_status = 409
+
+
+class StepFailedError(EngineError):
+    """A step failed; replayed from its checkpoint when its own exception type is not at hand."""

@@ -26,6 +26,18 @@ class Submitted:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PendingStep:
+    """A finished step whose checkpoint is not written yet (error_json: it raised)."""
+
+    position: int
+    name: str
+    output_json: str
+    started_at: dt.datetime
+    duration_ms: float
+    error_json: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ClaimedTask:
     """A task this worker now holds the lease of, with the checkpoints of earlier attempts."""
 
@@ -35,7 +47,7 @@ class ClaimedTask:
     input: Any
     attempt: int
     max_attempts: int
-    checkpoints: tuple[tuple[str, Any], ...]
+    checkpoints: tuple[tuple[str, Any, Any], ...]  # (name, output, error or None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -44,10 +44,10 @@ CREATE UNIQUE INDEX tasks_idempotency_key ON appliance.tasks (tenant_id, idempot
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX tasks_ready ON appliance.tasks (priority DESC, run_after, task_id)
     WHERE state = 'queued';
-CREATE INDEX tasks_running_key ON appliance.tasks (concurrency_key) WHERE state = 'running';
-CREATE INDEX tasks_running_lease ON appliance.tasks (lease_expires_at) WHERE state = 'running';
-CREATE INDEX tasks_running_node ON appliance.tasks (lease_node) WHERE state = 'running';
-CREATE INDEX tasks_tenant ON appliance.tasks (tenant_id, task_id DESC);
+-- Running tasks are few (bounded by the workers' slots): this one index serves the fair-share
+-- counts, the lease-expiry scan and a restarted node's reclaim. Every index on tasks is
+-- rewritten by each claim and finish, so there are no more than needed.
+CREATE INDEX tasks_running ON appliance.tasks (concurrency_key) WHERE state = 'running';
 
 CREATE TABLE appliance.steps (
     task_id     bigint NOT NULL REFERENCES appliance.tasks ON DELETE CASCADE,
@@ -55,6 +55,7 @@ CREATE TABLE appliance.steps (
     tenant_id   text NOT NULL,
     name        text NOT NULL,
     output      json NOT NULL,
+    error       json,
     attempt     integer NOT NULL,
     started_at  timestamptz NOT NULL,
     duration_ms double precision NOT NULL,
@@ -204,6 +205,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_full    text[];
+    v_hard    text[];
     v_running jsonb;
     v_taken   jsonb := '{}';
     v_ids     bigint[] := '{}';
@@ -211,48 +213,70 @@ DECLARE
     v_row     record;
     v_count   integer;
     v_cap     integer;
+    v_rescan  boolean;
 BEGIN
     IF p_n <= 0 THEN
         RETURN;
     END IF;
     SELECT coalesce(jsonb_object_agg(k.concurrency_key, k.n), '{}'),
            coalesce(array_agg(k.concurrency_key) FILTER (
-               WHERE k.n >= coalesce(k.lim, p_tenant_share)), '{}')
-      INTO v_running, v_full
+               WHERE k.n >= coalesce(k.lim, p_tenant_share)), '{}'),
+           coalesce(array_agg(k.concurrency_key) FILTER (WHERE k.n >= k.lim), '{}')
+      INTO v_running, v_full, v_hard
       FROM (SELECT r.concurrency_key, count(*) AS n, min(r.concurrency_limit) AS lim
               FROM appliance.tasks r WHERE r.state = 'running'
              GROUP BY r.concurrency_key) k;
 
     -- Pass 1 keeps every key to its share (a tenant's fair share, an integration's limit);
-    -- pass 2 lets tenants use slots nobody else wants. Rows are locked only as they are read.
+    -- pass 2 lets tenants use the slots nobody else wants. A key that fills up within this
+    -- claim joins the exclusions and the scan starts again, so a long queue of one key never
+    -- hides the others' tasks. Rows are locked only as they are read.
     FOR pass IN 1..2 LOOP
-        EXIT WHEN cardinality(v_ids) >= p_n;
-        FOR v_cand IN
-            SELECT t.task_id, t.concurrency_key, t.concurrency_limit FROM appliance.tasks t
-             WHERE t.state = 'queued' AND t.run_after <= now()
-               AND t.workflow = ANY (p_workflows)
-               AND (pass = 2 OR t.concurrency_key <> ALL (v_full))
-               AND t.task_id <> ALL (v_ids)
-             ORDER BY t.priority DESC, t.run_after, t.task_id
-             FOR UPDATE SKIP LOCKED
         LOOP
-            v_count := coalesce((v_running ->> v_cand.concurrency_key)::integer, 0)
-                     + coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0);
-            v_cap := CASE WHEN pass = 1 THEN coalesce(v_cand.concurrency_limit, p_tenant_share)
-                          ELSE v_cand.concurrency_limit END;
-            CONTINUE WHEN v_cap IS NOT NULL AND v_count >= v_cap;
-            IF v_cand.concurrency_limit IS NOT NULL THEN
-                -- A hard limit holds across workers: count again under the key's lock.
-                PERFORM pg_advisory_xact_lock(hashtextextended(v_cand.concurrency_key, 1));
-                SELECT count(*) + coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0)
-                  INTO v_count FROM appliance.tasks r
-                 WHERE r.state = 'running' AND r.concurrency_key = v_cand.concurrency_key;
-                CONTINUE WHEN v_count >= v_cand.concurrency_limit;
-            END IF;
-            v_ids := v_ids || v_cand.task_id;
-            v_taken := v_taken || jsonb_build_object(v_cand.concurrency_key,
-                coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0) + 1);
             EXIT WHEN cardinality(v_ids) >= p_n;
+            v_rescan := false;
+            FOR v_cand IN
+                SELECT t.task_id, t.concurrency_key, t.concurrency_limit FROM appliance.tasks t
+                 WHERE t.state = 'queued' AND t.run_after <= now()
+                   AND t.workflow = ANY (p_workflows)
+                   AND t.concurrency_key <> ALL (CASE WHEN pass = 1 THEN v_full ELSE v_hard END)
+                   AND t.task_id <> ALL (v_ids)
+                 ORDER BY t.priority DESC, t.run_after, t.task_id
+                 LIMIT 4 * (p_n - cardinality(v_ids)) + 16
+                 FOR UPDATE SKIP LOCKED
+            LOOP
+                v_count := coalesce((v_running ->> v_cand.concurrency_key)::integer, 0)
+                         + coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0);
+                v_cap := CASE WHEN pass = 1
+                              THEN coalesce(v_cand.concurrency_limit, p_tenant_share)
+                              ELSE v_cand.concurrency_limit END;
+                IF v_cap IS NOT NULL AND v_count >= v_cap THEN
+                    v_full := v_full || v_cand.concurrency_key;
+                    IF v_cand.concurrency_limit IS NOT NULL THEN
+                        v_hard := v_hard || v_cand.concurrency_key;
+                    END IF;
+                    v_rescan := true;
+                    EXIT;
+                END IF;
+                IF v_cand.concurrency_limit IS NOT NULL THEN
+                    -- A hard limit holds across workers: count again under the key's lock.
+                    PERFORM pg_advisory_xact_lock(hashtextextended(v_cand.concurrency_key, 1));
+                    SELECT count(*) + coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0)
+                      INTO v_count FROM appliance.tasks r
+                     WHERE r.state = 'running' AND r.concurrency_key = v_cand.concurrency_key;
+                    IF v_count >= v_cand.concurrency_limit THEN
+                        v_full := v_full || v_cand.concurrency_key;
+                        v_hard := v_hard || v_cand.concurrency_key;
+                        v_rescan := true;
+                        EXIT;
+                    END IF;
+                END IF;
+                v_ids := v_ids || v_cand.task_id;
+                v_taken := v_taken || jsonb_build_object(v_cand.concurrency_key,
+                    coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0) + 1);
+                EXIT WHEN cardinality(v_ids) >= p_n;
+            END LOOP;
+            EXIT WHEN NOT v_rescan;
         END LOOP;
     END LOOP;
 
@@ -278,7 +302,7 @@ BEGIN
         input := v_row.input;
         attempts := v_row.attempts;
         max_attempts := v_row.max_attempts;
-        checkpoints := (SELECT coalesce(json_agg(json_build_array(s.name, s.output)
+        checkpoints := (SELECT coalesce(json_agg(json_build_array(s.name, s.output, s.error)
                                                  ORDER BY s.position), '[]'::json)
                           FROM appliance.steps s WHERE s.task_id = v_row.task_id);
         RETURN NEXT;
@@ -287,14 +311,16 @@ END $$;
 
 CREATE FUNCTION appliance.write_step(
     p_task bigint, p_tenant text, p_worker text, p_attempt integer, p_position integer,
-    p_name text, p_output json, p_started_at timestamptz, p_duration_ms double precision
+    p_name text, p_output json, p_started_at timestamptz, p_duration_ms double precision,
+    p_error json
 ) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO appliance.steps (task_id, position, tenant_id, name, output, attempt, started_at,
-                                 duration_ms)
-    VALUES (p_task, p_position, p_tenant, p_name, p_output, p_attempt, p_started_at,
+    INSERT INTO appliance.steps (task_id, position, tenant_id, name, output, error, attempt,
+                                 started_at, duration_ms)
+    VALUES (p_task, p_position, p_tenant, p_name, p_output, p_error, p_attempt, p_started_at,
             p_duration_ms);
-    PERFORM appliance.task_event(p_task, p_tenant, p_worker, 'step.completed',
+    PERFORM appliance.task_event(p_task, p_tenant, p_worker,
+        CASE WHEN p_error IS NULL THEN 'step.completed' ELSE 'step.failed' END,
         jsonb_build_object('step', p_name, 'position', p_position, 'attempt', p_attempt,
                            'duration_ms', round(p_duration_ms::numeric, 3)));
 END $$;
@@ -306,7 +332,7 @@ CREATE FUNCTION appliance.finish_task(
     p_task bigint, p_worker text, p_attempt integer, p_outcome text, p_output json,
     p_error text, p_retry_at timestamptz,
     p_position integer, p_name text, p_step_output json, p_started_at timestamptz,
-    p_duration_ms double precision,
+    p_duration_ms double precision, p_step_error json,
     p_node text, p_claim integer, p_lease_seconds double precision, p_workflows text[],
     p_tenant_share integer
 ) RETURNS TABLE (task_id bigint, tenant_id text, workflow text, input json, attempts integer,
@@ -344,7 +370,8 @@ BEGIN
     END IF;
     IF p_position IS NOT NULL THEN
         PERFORM appliance.write_step(p_task, v_tenant, p_worker, p_attempt, p_position,
-                                     p_name, p_step_output, p_started_at, p_duration_ms);
+                                     p_name, p_step_output, p_started_at, p_duration_ms,
+                                     p_step_error);
     END IF;
     UPDATE appliance.task_attempts a SET ended_at = now(), outcome = p_outcome, error = p_error
      WHERE a.task_id = p_task AND a.attempt = p_attempt;

@@ -21,7 +21,7 @@ def _claimed(rows: Sequence[pool.Record]) -> list[models.ClaimedTask]:
             input=row["input"],
             attempt=row["attempts"],
             max_attempts=row["max_attempts"],
-            checkpoints=tuple((name, output) for name, output in row["checkpoints"]),
+            checkpoints=tuple((name, output, error) for name, output, error in row["checkpoints"]),
         )
         for row in rows
     ]
@@ -85,11 +85,7 @@ async def record_step(
     task_id: int,
     worker: str,
     attempt: int,
-    position: int,
-    name: str,
-    output_json: str,
-    started_at: dt.datetime,
-    duration_ms: float,
+    step: models.PendingStep,
 ) -> bool:
     """Checkpoint one step; returns True when a cancel was requested.
 
@@ -104,11 +100,12 @@ async def record_step(
                     task_id,
                     worker,
                     attempt,
-                    position,
-                    name,
-                    output_json,
-                    started_at,
-                    duration_ms,
+                    step.position,
+                    step.name,
+                    step.output_json,
+                    step.started_at,
+                    step.duration_ms,
+                    step.error_json,
                 )
         except errors.ChainContentionError:
             if not tries_left:
@@ -132,7 +129,7 @@ async def finish_task(
     output_json: str | None,
     error: str | None,
     retry_at: dt.datetime | None,
-    step: tuple[int, str, str, dt.datetime, float] | None,
+    step: models.PendingStep | None,
     node: str,
     claim: int,
     lease_seconds: float,
@@ -140,7 +137,6 @@ async def finish_task(
     tenant_share: int,
 ) -> list[models.ClaimedTask]:
     """End an attempt, writing the pending checkpoint, and claim up to `claim` next tasks."""
-    position, name, step_json, started_at, duration_ms = step or (None, None, None, None, None)
     with pool.translated():
         rows = await conn.fetch(
             _Q["finish_task"],
@@ -151,11 +147,12 @@ async def finish_task(
             output_json,
             error,
             retry_at,
-            position,
-            name,
-            step_json,
-            started_at,
-            duration_ms,
+            step.position if step else None,
+            step.name if step else None,
+            step.output_json if step else None,
+            step.started_at if step else None,
+            step.duration_ms if step else None,
+            step.error_json if step else None,
             node,
             claim,
             lease_seconds,

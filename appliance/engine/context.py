@@ -5,19 +5,25 @@ order without running the functions again. The checkpoint of a step is committed
 boundary, before any further step runs (or with the task's final state when the workflow
 returns): the code between two steps is deterministic, so nothing with an effect runs before
 the previous step is durable, and the last step costs no commit of its own.
+
+A step that raises is checkpointed as a failure only if the workflow handled the error (it went
+on to another step, or returned); on replay the same exception type is raised again. A failure
+that escapes the workflow is not recorded, so the next attempt runs that step again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 import json
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from appliance import errors
+from appliance import errors, models
 
 
 def encode(value: Any, what: str) -> str:
@@ -39,10 +45,7 @@ class Released(Exception):  # noqa: N818 - a control-flow signal, not an error
 class StepWriter(Protocol):
     """Writes a step's checkpoint; returns True when a cancel was requested."""
 
-    async def __call__(self, step: PendingStep) -> bool: ...
-
-
-PendingStep = tuple[int, str, str, dt.datetime, float]
+    async def __call__(self, step: models.PendingStep) -> bool: ...
 
 
 class TaskContext:
@@ -54,7 +57,7 @@ class TaskContext:
         task_id: int,
         tenant_id: str,
         attempt: int,
-        checkpoints: tuple[tuple[str, Any], ...],
+        checkpoints: tuple[tuple[str, Any, Any], ...],
         writer: StepWriter,
         draining: Callable[[], bool],
     ) -> None:
@@ -65,7 +68,8 @@ class TaskContext:
         self._writer = writer
         self._draining = draining
         self._position = 0
-        self.pending: PendingStep | None = None
+        self._pending: models.PendingStep | None = None
+        self._pending_error: BaseException | None = None
 
     @property
     def replayed(self) -> int:
@@ -77,31 +81,78 @@ class TaskContext:
         position = self._position
         self._position += 1
         if position < len(self._checkpoints):
-            recorded, output = self._checkpoints[position]
+            recorded, output, error = self._checkpoints[position]
             if recorded != name:
                 raise errors.NonDeterminismError(
                     f"task {self.task_id}: step {position} is {name!r} now but was checkpointed "
                     f"as {recorded!r}; the workflow code changed or is not deterministic"
                 )
+            if error is not None:
+                raise _rebuild(name, error)
             return output
         await self.boundary()
         started = dt.datetime.now(dt.UTC)
         clock = time.perf_counter()
-        if inspect.iscoroutinefunction(fn):
-            result = await fn(*args)
-        else:
-            result = await asyncio.to_thread(fn, *args)
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(*args)
+            else:
+                result = await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            error = {
+                "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "message": str(exc),
+            }
+            self._pending = models.PendingStep(
+                position,
+                name,
+                "null",
+                started,
+                (time.perf_counter() - clock) * 1000,
+                json.dumps(error),
+            )
+            self._pending_error = exc
+            raise
         duration_ms = (time.perf_counter() - clock) * 1000
         text = encode(result, f"step {name!r} returned")
-        self.pending = (position, name, text, started, duration_ms)
+        self._pending = models.PendingStep(position, name, text, started, duration_ms)
         return result if isinstance(result, str | int | float | bool | None) else json.loads(text)
 
     async def boundary(self) -> None:
         """Make the previous step durable; stop here if cancelled or shutting down."""
         if self._draining():
             raise Released
-        if self.pending is not None:
-            cancel = await self._writer(self.pending)
-            self.pending = None
+        if self._pending is not None:
+            cancel = await self._writer(self._pending)
+            self._pending = None
             if cancel:
                 raise Cancelled
+
+    def unwritten(self, escaped: BaseException | None = None) -> models.PendingStep | None:
+        """The step to checkpoint with the attempt's end: not a failure that escaped."""
+        pending = self._pending
+        if pending is not None and pending.error_json is not None and escaped is not None:
+            cause: BaseException | None = escaped
+            while cause is not None:
+                if cause is self._pending_error:
+                    return None
+                cause = cause.__cause__ or cause.__context__
+        return pending
+
+    def written(self) -> None:
+        """The attempt's end wrote the pending step."""
+        self._pending = None
+
+
+def _rebuild(name: str, error: dict[str, Any]) -> Exception:
+    """The recorded exception again: its own type if already imported and constructible."""
+    module, _, qualname = str(error.get("type", "")).rpartition(".")
+    message = str(error.get("message", ""))
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, Exception):
+        with contextlib.suppress(Exception):  # a constructor that wants other arguments
+            rebuilt: Exception = found(message)
+            return rebuilt
+    return errors.StepFailedError(f"step {name!r} failed: {error.get('type')}: {message}")

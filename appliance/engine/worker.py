@@ -290,18 +290,9 @@ class Worker:
             return await self._failed(task, ctx, exc)
         return await self._finish(task, ctx, "succeeded", output_json=output_json)
 
-    async def _write_step(self, task: models.ClaimedTask, step: context.PendingStep) -> bool:
-        position, name, output_json, started_at, duration_ms = step
+    async def _write_step(self, task: models.ClaimedTask, step: models.PendingStep) -> bool:
         return await dbtasks.record_step(
-            self._pool,
-            task_id=task.task_id,
-            worker=self.worker_id,
-            attempt=task.attempt,
-            position=position,
-            name=name,
-            output_json=output_json,
-            started_at=started_at,
-            duration_ms=duration_ms,
+            self._pool, task_id=task.task_id, worker=self.worker_id, attempt=task.attempt, step=step
         )
 
     async def _failed(
@@ -316,7 +307,7 @@ class Worker:
                 error,
                 extra={"event": "engine.task_failed", "task_id": task.task_id},
             )
-            return await self._finish(task, ctx, "failed", error=error)
+            return await self._finish(task, ctx, "failed", error=error, escaped=exc)
         wait = backoff.delay(
             task.attempt,
             base=self._config.retry_base_seconds,
@@ -331,7 +322,7 @@ class Worker:
             error,
             extra={"event": "engine.retry_scheduled", "task_id": task.task_id},
         )
-        return await self._finish(task, ctx, "retry", error=error, retry_at=retry_at)
+        return await self._finish(task, ctx, "retry", error=error, retry_at=retry_at, escaped=exc)
 
     async def _finish(
         self,
@@ -343,6 +334,7 @@ class Worker:
         error: str | None = None,
         retry_at: dt.datetime | None = None,
         claim: bool = True,
+        escaped: BaseException | None = None,
     ) -> models.ClaimedTask | None:
         take = 1 if claim and not self._draining and self.health.ok else 0
         try:
@@ -355,7 +347,7 @@ class Worker:
                 output_json=output_json,
                 error=error,
                 retry_at=retry_at,
-                step=ctx.pending,
+                step=ctx.unwritten(escaped),
                 node=self.node,
                 claim=take,
                 lease_seconds=self._config.lease_seconds,
@@ -368,7 +360,7 @@ class Worker:
         except errors.DatabaseUnavailableError:
             self._abandoned.add(task.task_id)
             return None
-        ctx.pending = None
+        ctx.written()
         if self._on_finished is not None:
             self._on_finished(task.task_id, outcome)
         return claimed[0] if claimed else None
@@ -378,4 +370,3 @@ def _describe(exc: BaseException) -> str:
     """The error as a person reads it; NUL (which Postgres text cannot hold) made visible."""
     text = str(exc).replace("\x00", "\\x00")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
