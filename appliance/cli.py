@@ -314,8 +314,8 @@ async def cmd_task_cancel(args: argparse.Namespace, config: settings.Settings) -
         result = await dbtasks.cancel_task(db.pool, task_id=args.task_id, actor=_actor())
     if result is None:
         raise errors.NotFoundError(f"no task {args.task_id}")
-    if result in models.TERMINAL_STATES:
-        raise errors.StateError(f"task {args.task_id} already ended: {result}")
+    if result.startswith("ended:"):
+        raise errors.StateError(f"task {args.task_id} already ended: {result[len('ended:') :]}")
     if args.json:
         _json({"task_id": args.task_id, "result": result})
     elif result == "cancelling":
@@ -335,7 +335,8 @@ async def cmd_task_retry(args: argparse.Namespace, config: settings.Settings) ->
         raise errors.NotFoundError(f"no task {args.task_id}")
     if result != "queued":
         raise errors.StateError(
-            f"task {args.task_id} is {result}; only failed or cancelled tasks can be retried"
+            f"task {args.task_id} is {result.removeprefix('refused:')}; "
+            "only failed or cancelled tasks can be retried"
         )
     if args.json:
         _json({"task_id": args.task_id, "result": result})

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -89,8 +88,13 @@ async def throughput(
     )
     for i in range(tasks):
         await submission.submit(
-            pool, reg, config, tenant_id="default", workflow="bench.noop3",
-            task_input={"i": i}, actor="bench",
+            pool,
+            reg,
+            config,
+            tenant_id="default",
+            workflow="bench.noop3",
+            task_input={"i": i},
+            actor="bench",
         )
     done = asyncio.Event()
     finished = 0
@@ -132,8 +136,13 @@ async def idle_latency(pool: dbpool.Pool, dsn: str, count: int) -> list[float]:
     for i in range(count):
         started = time.perf_counter()
         sub = await submission.submit(
-            pool, reg, config, tenant_id="default", workflow="bench.noop3",
-            task_input={"idle": i}, actor="bench",
+            pool,
+            reg,
+            config,
+            tenant_id="default",
+            workflow="bench.noop3",
+            task_input={"idle": i},
+            actor="bench",
         )
         future = waiting.setdefault(sub.task_id, loop.create_future())
         await future
@@ -170,16 +179,18 @@ async def resume_after_restart(dsn: str, held: int) -> float:
             " NULL, NULL, 'bench')",
             json.dumps({"i": i}),
         )
-    first = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    quiet = asyncio.subprocess.DEVNULL
+    first = await asyncio.create_subprocess_exec(*command, env=env, stderr=quiet)
     await _wait_running(conn, held, attempt=1)
     first.send_signal(signal.SIGKILL)
-    first.wait()
+    await first.wait()
     restarted = time.perf_counter()
-    second = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    second = await asyncio.create_subprocess_exec(*command, env=env, stderr=quiet)
     await _wait_running(conn, held, attempt=2)
     elapsed = time.perf_counter() - restarted
     second.send_signal(signal.SIGTERM)
-    second.wait(timeout=30)
+    async with asyncio.timeout(30):
+        await second.wait()
     await conn.close()
     return elapsed
 

@@ -26,7 +26,7 @@ CREATE TABLE appliance.tasks (
     attempts            integer NOT NULL DEFAULT 0,
     max_attempts        integer NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
     idempotency_key     text,
-    concurrency_key     text NOT NULL,
+    concurrency_key     text,
     concurrency_limit   integer CHECK (concurrency_limit >= 1),
     lease_owner         text,
     lease_node          text,
@@ -47,7 +47,7 @@ CREATE INDEX tasks_ready ON appliance.tasks (priority DESC, run_after, task_id)
 -- Running tasks are few (bounded by the workers' slots): this one index serves the fair-share
 -- counts, the lease-expiry scan and a restarted node's reclaim. Every index on tasks is
 -- rewritten by each claim and finish, so there are no more than needed.
-CREATE INDEX tasks_running ON appliance.tasks (concurrency_key) WHERE state = 'running';
+CREATE INDEX tasks_running ON appliance.tasks (tenant_id) WHERE state = 'running';
 
 CREATE TABLE appliance.steps (
     task_id     bigint NOT NULL REFERENCES appliance.tasks ON DELETE CASCADE,
@@ -177,8 +177,7 @@ BEGIN
     INSERT INTO appliance.tasks AS t (tenant_id, workflow, input, priority, run_after,
         max_attempts, idempotency_key, concurrency_key, concurrency_limit)
     VALUES (p_tenant, p_workflow, p_input, p_priority, coalesce(p_run_after, now()),
-        p_max_attempts, p_idempotency_key, coalesce(p_concurrency_key, 'tenant:' || p_tenant),
-        p_concurrency_limit)
+        p_max_attempts, p_idempotency_key, p_concurrency_key, p_concurrency_limit)
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING t.task_id INTO v_id;
     IF v_id IS NULL THEN
@@ -193,9 +192,13 @@ BEGIN
     RETURN QUERY SELECT v_id, true, p_workflow, p_input;
 END $$;
 
--- Claim up to p_n ready tasks. Tenants past their fair share (p_tenant_share running tasks) are
--- passed over while other work waits, and taken when nothing else is ready (work-conserving);
--- a key with a hard concurrency_limit (an integration) is never run past it.
+-- Claim up to p_n ready tasks. Fairness and limits are two dimensions: each tenant has a soft
+-- fair share of running tasks (p_tenant_share), and a task whose workflow names an integration
+-- counts against that integration's hard limit (concurrency_limit) across all tenants.
+-- Pass 1 keeps tenants to their share and integrations to their limit; pass 2 lets tenants use
+-- the slots nobody else wants (work-conserving), never past a hard limit. A tenant or key that
+-- fills up within this claim joins the exclusions and the scan starts again, so a long queue
+-- of one never hides the others' tasks. Rows are locked only as they are read.
 CREATE FUNCTION appliance.claim_tasks(
     p_worker text, p_node text, p_n integer, p_lease_seconds double precision,
     p_workflows text[], p_tenant_share integer
@@ -204,76 +207,71 @@ CREATE FUNCTION appliance.claim_tasks(
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_full    text[];
-    v_hard    text[];
-    v_running jsonb;
-    v_taken   jsonb := '{}';
-    v_ids     bigint[] := '{}';
-    v_cand    record;
-    v_row     record;
-    v_count   integer;
-    v_cap     integer;
-    v_rescan  boolean;
+    v_tenants_full text[];
+    v_keys_full    text[];
+    v_by_tenant    jsonb;
+    v_taken_key    jsonb := '{}';
+    v_ids          bigint[] := '{}';
+    v_cand         record;
+    v_row          record;
+    v_count        integer;
+    v_rescan       boolean;
 BEGIN
     IF p_n <= 0 THEN
         RETURN;
     END IF;
-    SELECT coalesce(jsonb_object_agg(k.concurrency_key, k.n), '{}'),
-           coalesce(array_agg(k.concurrency_key) FILTER (
-               WHERE k.n >= coalesce(k.lim, p_tenant_share)), '{}'),
-           coalesce(array_agg(k.concurrency_key) FILTER (WHERE k.n >= k.lim), '{}')
-      INTO v_running, v_full, v_hard
+    SELECT coalesce(jsonb_object_agg(k.tenant_id, k.n), '{}'),
+           coalesce(array_agg(k.tenant_id) FILTER (WHERE k.n >= p_tenant_share), '{}')
+      INTO v_by_tenant, v_tenants_full
+      FROM (SELECT r.tenant_id, count(*) AS n FROM appliance.tasks r
+             WHERE r.state = 'running' GROUP BY r.tenant_id) k;
+    SELECT coalesce(array_agg(k.concurrency_key) FILTER (WHERE k.n >= k.lim), '{}')
+      INTO v_keys_full
       FROM (SELECT r.concurrency_key, count(*) AS n, min(r.concurrency_limit) AS lim
-              FROM appliance.tasks r WHERE r.state = 'running'
+              FROM appliance.tasks r
+             WHERE r.state = 'running' AND r.concurrency_key IS NOT NULL
              GROUP BY r.concurrency_key) k;
 
-    -- Pass 1 keeps every key to its share (a tenant's fair share, an integration's limit);
-    -- pass 2 lets tenants use the slots nobody else wants. A key that fills up within this
-    -- claim joins the exclusions and the scan starts again, so a long queue of one key never
-    -- hides the others' tasks. Rows are locked only as they are read.
     FOR pass IN 1..2 LOOP
         LOOP
             EXIT WHEN cardinality(v_ids) >= p_n;
             v_rescan := false;
             FOR v_cand IN
-                SELECT t.task_id, t.concurrency_key, t.concurrency_limit FROM appliance.tasks t
+                SELECT t.task_id, t.tenant_id, t.concurrency_key, t.concurrency_limit
+                  FROM appliance.tasks t
                  WHERE t.state = 'queued' AND t.run_after <= now()
                    AND t.workflow = ANY (p_workflows)
-                   AND t.concurrency_key <> ALL (CASE WHEN pass = 1 THEN v_full ELSE v_hard END)
+                   AND (pass = 2 OR t.tenant_id <> ALL (v_tenants_full))
+                   AND (t.concurrency_limit IS NULL OR t.concurrency_key <> ALL (v_keys_full))
                    AND t.task_id <> ALL (v_ids)
                  ORDER BY t.priority DESC, t.run_after, t.task_id
                  LIMIT 4 * (p_n - cardinality(v_ids)) + 16
                  FOR UPDATE SKIP LOCKED
             LOOP
-                v_count := coalesce((v_running ->> v_cand.concurrency_key)::integer, 0)
-                         + coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0);
-                v_cap := CASE WHEN pass = 1
-                              THEN coalesce(v_cand.concurrency_limit, p_tenant_share)
-                              ELSE v_cand.concurrency_limit END;
-                IF v_cap IS NOT NULL AND v_count >= v_cap THEN
-                    v_full := v_full || v_cand.concurrency_key;
-                    IF v_cand.concurrency_limit IS NOT NULL THEN
-                        v_hard := v_hard || v_cand.concurrency_key;
-                    END IF;
+                IF pass = 1
+                   AND coalesce((v_by_tenant ->> v_cand.tenant_id)::integer, 0) >= p_tenant_share
+                THEN
+                    v_tenants_full := v_tenants_full || v_cand.tenant_id;
                     v_rescan := true;
                     EXIT;
                 END IF;
                 IF v_cand.concurrency_limit IS NOT NULL THEN
                     -- A hard limit holds across workers: count again under the key's lock.
                     PERFORM pg_advisory_xact_lock(hashtextextended(v_cand.concurrency_key, 1));
-                    SELECT count(*) + coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0)
+                    SELECT count(*) + coalesce((v_taken_key ->> v_cand.concurrency_key)::integer, 0)
                       INTO v_count FROM appliance.tasks r
                      WHERE r.state = 'running' AND r.concurrency_key = v_cand.concurrency_key;
                     IF v_count >= v_cand.concurrency_limit THEN
-                        v_full := v_full || v_cand.concurrency_key;
-                        v_hard := v_hard || v_cand.concurrency_key;
+                        v_keys_full := v_keys_full || v_cand.concurrency_key;
                         v_rescan := true;
                         EXIT;
                     END IF;
+                    v_taken_key := v_taken_key || jsonb_build_object(v_cand.concurrency_key,
+                        coalesce((v_taken_key ->> v_cand.concurrency_key)::integer, 0) + 1);
                 END IF;
                 v_ids := v_ids || v_cand.task_id;
-                v_taken := v_taken || jsonb_build_object(v_cand.concurrency_key,
-                    coalesce((v_taken ->> v_cand.concurrency_key)::integer, 0) + 1);
+                v_by_tenant := v_by_tenant || jsonb_build_object(v_cand.tenant_id,
+                    coalesce((v_by_tenant ->> v_cand.tenant_id)::integer, 0) + 1);
                 EXIT WHEN cardinality(v_ids) >= p_n;
             END LOOP;
             EXIT WHEN NOT v_rescan;
@@ -446,6 +444,7 @@ BEGIN
     RETURN v_n;
 END $$;
 
+-- 'cancelled' (now), 'cancelling' (at the next step boundary), 'ended:<state>', or NULL.
 CREATE FUNCTION appliance.cancel_task(p_task bigint, p_actor text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -457,7 +456,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF v_task.state IN ('succeeded', 'failed', 'cancelled') THEN
-        RETURN v_task.state;
+        RETURN 'ended:' || v_task.state;
     END IF;
     IF v_task.state = 'running' THEN
         UPDATE appliance.tasks SET cancel_requested_by = p_actor, updated_at = now()
@@ -473,6 +472,7 @@ BEGIN
     RETURN 'cancelled';
 END $$;
 
+-- 'queued', 'refused:<state>' (only failed or cancelled tasks are retried), or NULL.
 CREATE FUNCTION appliance.retry_task(p_task bigint, p_actor text, p_attempts integer)
 RETURNS text
 LANGUAGE plpgsql AS $$
@@ -485,7 +485,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF v_task.state NOT IN ('failed', 'cancelled') THEN
-        RETURN v_task.state;
+        RETURN 'refused:' || v_task.state;
     END IF;
     UPDATE appliance.tasks
        SET state = 'queued', max_attempts = attempts + p_attempts, error = NULL,

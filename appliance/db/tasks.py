@@ -196,7 +196,7 @@ async def next_due_at(
 
 
 async def cancel_task(conn: pool.Connection | pool.Pool, *, task_id: int, actor: str) -> str | None:
-    """'cancelled', 'cancelling', the terminal state it already had, or None if unknown."""
+    """'cancelled', 'cancelling', 'ended:<state>' when it had ended, or None if unknown."""
     with pool.translated():
         result: str | None = await conn.fetchval(_Q["cancel_task"], task_id, actor)
     return result
@@ -205,7 +205,7 @@ async def cancel_task(conn: pool.Connection | pool.Pool, *, task_id: int, actor:
 async def retry_task(
     conn: pool.Connection | pool.Pool, *, task_id: int, actor: str, attempts: int
 ) -> str | None:
-    """'queued' (with `attempts` more attempts), the state that prevents a retry, or None."""
+    """'queued' (with `attempts` more attempts), 'refused:<state>', or None if unknown."""
     with pool.translated():
         result: str | None = await conn.fetchval(_Q["retry_task"], task_id, actor, attempts)
     return result

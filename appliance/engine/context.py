@@ -69,7 +69,6 @@ class TaskContext:
         self._draining = draining
         self._position = 0
         self._pending: models.PendingStep | None = None
-        self._pending_error: BaseException | None = None
 
     @property
     def replayed(self) -> int:
@@ -99,10 +98,7 @@ class TaskContext:
             else:
                 result = await asyncio.to_thread(fn, *args)
         except Exception as exc:
-            error = {
-                "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "message": str(exc),
-            }
+            error = {"types": _lineage(type(exc)), "message": str(exc)}
             self._pending = models.PendingStep(
                 position,
                 name,
@@ -111,7 +107,6 @@ class TaskContext:
                 (time.perf_counter() - clock) * 1000,
                 json.dumps(error),
             )
-            self._pending_error = exc
             raise
         duration_ms = (time.perf_counter() - clock) * 1000
         text = encode(result, f"step {name!r} returned")
@@ -128,31 +123,40 @@ class TaskContext:
             if cancel:
                 raise Cancelled
 
-    def unwritten(self, escaped: BaseException | None = None) -> models.PendingStep | None:
-        """The step to checkpoint with the attempt's end: not a failure that escaped."""
-        pending = self._pending
-        if pending is not None and pending.error_json is not None and escaped is not None:
-            cause: BaseException | None = escaped
-            while cause is not None:
-                if cause is self._pending_error:
-                    return None
-                cause = cause.__cause__ or cause.__context__
-        return pending
+    def unwritten(self, failed: bool = False) -> models.PendingStep | None:
+        """The step to checkpoint with the attempt's end. When the attempt fails, a step
+        failure still pending (nothing ran after it) is not recorded: the next attempt runs
+        that step again."""
+        if failed and self._pending is not None and self._pending.error_json is not None:
+            return None
+        return self._pending
 
     def written(self) -> None:
         """The attempt's end wrote the pending step."""
         self._pending = None
 
 
+def _lineage(kind: type[BaseException]) -> list[str]:
+    """The exception's class and its bases, as importable names, most specific first."""
+    return [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in kind.__mro__
+        if issubclass(cls, Exception) and cls is not Exception
+    ] + ["builtins.Exception"]
+
+
 def _rebuild(name: str, error: dict[str, Any]) -> Exception:
-    """The recorded exception again: its own type if already imported and constructible."""
-    module, _, qualname = str(error.get("type", "")).rpartition(".")
+    """The recorded exception again, as the most specific of its classes that is already
+    imported and takes a message (JSONDecodeError comes back as a ValueError), so the same
+    `except` clause catches it on replay."""
     message = str(error.get("message", ""))
-    found: Any = sys.modules.get(module)
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-    if isinstance(found, type) and issubclass(found, Exception):
-        with contextlib.suppress(Exception):  # a constructor that wants other arguments
-            rebuilt: Exception = found(message)
-            return rebuilt
-    return errors.StepFailedError(f"step {name!r} failed: {error.get('type')}: {message}")
+    for qualified in error.get("types", []):
+        module, _, qualname = str(qualified).rpartition(".")
+        found: Any = sys.modules.get(module)
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, type) and issubclass(found, Exception):
+            with contextlib.suppress(Exception):  # a constructor that wants other arguments
+                rebuilt: Exception = found(message)
+                return rebuilt
+    return errors.StepFailedError(f"step {name!r} failed: {message}")

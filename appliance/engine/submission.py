@@ -9,7 +9,7 @@ from typing import Any
 from appliance import errors, models, settings
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
-from appliance.engine import registry
+from appliance.engine import context, registry
 
 
 async def submit(
@@ -28,10 +28,10 @@ async def submit(
 ) -> models.Submitted:
     """Enqueue a task; the same idempotency key of a tenant returns the same task."""
     known = workflows.get(workflow)
-    try:
-        input_json = json.dumps(task_input)
-    except (TypeError, ValueError) as exc:
-        raise errors.InputError(f"task input is not JSON: {exc}") from exc
+    input_json = context.encode(task_input, "the task input is")
+    attempts = max_attempts or known.max_attempts or config.max_attempts
+    if max_attempts is not None and max_attempts < 1:
+        raise errors.InputError(f"max_attempts must be at least 1, not {max_attempts}")
     integration = known.integration
     submitted, first_workflow, first_input = await dbtasks.submit_task(
         pool,
@@ -40,7 +40,7 @@ async def submit(
         input_json=input_json,
         priority=priority,
         run_after=run_after,
-        max_attempts=max_attempts or known.max_attempts or config.max_attempts,
+        max_attempts=attempts,
         idempotency_key=idempotency_key,
         concurrency_key=f"integration:{integration}" if integration else None,
         concurrency_limit=config.integration_limits.get(integration) if integration else None,

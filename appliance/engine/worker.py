@@ -307,7 +307,7 @@ class Worker:
                 error,
                 extra={"event": "engine.task_failed", "task_id": task.task_id},
             )
-            return await self._finish(task, ctx, "failed", error=error, escaped=exc)
+            return await self._finish(task, ctx, "failed", error=error, failed=True)
         wait = backoff.delay(
             task.attempt,
             base=self._config.retry_base_seconds,
@@ -322,7 +322,7 @@ class Worker:
             error,
             extra={"event": "engine.retry_scheduled", "task_id": task.task_id},
         )
-        return await self._finish(task, ctx, "retry", error=error, retry_at=retry_at, escaped=exc)
+        return await self._finish(task, ctx, "retry", error=error, retry_at=retry_at, failed=True)
 
     async def _finish(
         self,
@@ -334,7 +334,7 @@ class Worker:
         error: str | None = None,
         retry_at: dt.datetime | None = None,
         claim: bool = True,
-        escaped: BaseException | None = None,
+        failed: bool = False,
     ) -> models.ClaimedTask | None:
         take = 1 if claim and not self._draining and self.health.ok else 0
         try:
@@ -347,7 +347,7 @@ class Worker:
                 output_json=output_json,
                 error=error,
                 retry_at=retry_at,
-                step=ctx.unwritten(escaped),
+                step=ctx.unwritten(failed),
                 node=self.node,
                 claim=take,
                 lease_seconds=self._config.lease_seconds,

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from appliance.db import embedded, migrations
+from appliance.db import pool as dbpool
 
 LOCAL_SERVER = "postgresql://postgres@localhost:5432/postgres"
 
@@ -87,7 +88,7 @@ async def fresh_database(server_dsn: str, prefix: str = "appliance_test") -> Asy
 TABLES = ("outbox_events", "task_attempts", "steps", "tasks", "audit_entries", "tenants")
 
 
-async def truncate(conn: asyncpg.Connection) -> None:
+async def truncate(conn: dbpool.Connection) -> None:
     """Empty every table but schema_migrations (the audit log's guard is lifted for it)."""
     async with conn.transaction():
         await conn.execute(

@@ -1,0 +1,107 @@
+"""Workflows the acceptance tests run inside `appliance run` subprocesses.
+
+The daemon imports this module through `engine.workflow_modules`; the tests import it too, so
+that `submission.submit` on the default registry knows the same names.
+
+`test.counted` records every execution of each of its three steps as a row of
+`public.step_runs` in the database the daemon uses (the test creates the table), so a test can
+tell which steps ran how often, in which attempt. Its input may hold `gate` (a file path: step
+`two` waits until that file exists) and `hold` (seconds step `two` takes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from appliance.db import pool as dbpool
+from appliance.engine import context, registry
+
+COUNTED = "test.counted"
+SLEEPY = "test.sleepy"
+FAILS = "test.fails"
+STEPS = ("one", "two", "three")
+GATE_POLL_SECONDS = 0.01
+
+STEP_RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS public.step_runs (
+    task_id bigint NOT NULL,
+    step    text NOT NULL,
+    attempt integer NOT NULL,
+    at      timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def create_step_runs(executor: dbpool.Pool | dbpool.Connection) -> None:
+    """Create `public.step_runs` if needed and empty it."""
+    await executor.execute(STEP_RUNS_DDL)
+    await executor.execute("TRUNCATE public.step_runs")
+
+
+async def _record(task_id: int, step: str, attempt: int) -> None:
+    """One row in step_runs: this step of this task started in this attempt."""
+    conn = await asyncpg.connect(os.environ["APPLIANCE_DATABASE__URL"])
+    try:
+        await conn.execute(
+            "INSERT INTO public.step_runs (task_id, step, attempt) VALUES ($1, $2, $3)",
+            task_id,
+            step,
+            attempt,
+        )
+    finally:
+        await conn.close()
+
+
+async def _plain(task_id: int, step: str, attempt: int) -> str:
+    await _record(task_id, step, attempt)
+    return step
+
+
+async def _gated(task_id: int, attempt: int, gate: str | None, hold: float) -> str:
+    await _record(task_id, "two", attempt)
+    if gate is not None:
+        path = Path(gate)
+        # A file made by another process: nothing to await but the file system, so poll it.
+        while not path.exists():  # noqa: ASYNC110
+            await asyncio.sleep(GATE_POLL_SECONDS)
+    if hold:
+        await asyncio.sleep(hold)
+    return "two"
+
+
+@registry.workflow(COUNTED)
+async def counted(ctx: context.TaskContext, task_input: Any) -> Any:
+    """Three recorded steps; the middle one may wait for a gate file or take `hold` seconds."""
+    options: dict[str, Any] = task_input or {}
+    gate: str | None = options.get("gate")
+    hold = float(options.get("hold", 0))
+    one = await ctx.step("one", _plain, ctx.task_id, "one", ctx.attempt)
+    two = await ctx.step("two", _gated, ctx.task_id, ctx.attempt, gate, hold)
+    three = await ctx.step("three", _plain, ctx.task_id, "three", ctx.attempt)
+    return [one, two, three]
+
+
+async def _sleep(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@registry.workflow(SLEEPY)
+async def sleepy(ctx: context.TaskContext, task_input: Any) -> Any:
+    """One step that sleeps `seconds` of the input."""
+    return await ctx.step("sleep", _sleep, float(task_input["seconds"]))
+
+
+def _explode() -> None:
+    raise RuntimeError("test.fails always fails")
+
+
+@registry.workflow(FAILS, max_attempts=1)
+async def fails(ctx: context.TaskContext, task_input: Any) -> Any:
+    """A step that raises; one attempt unless the submission asks for more."""
+    return await ctx.step("explode", _explode)
