@@ -28,8 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from appliance import settings  # noqa: E402
 from appliance.db import pool as dbpool  # noqa: E402
+from appliance.db import tasks as dbtasks  # noqa: E402
 from appliance.db import tenants as dbtenants  # noqa: E402
 from appliance.engine import context, registry, submission, worker  # noqa: E402
+from bench import workflows  # noqa: E402
 from tests.support import postgres  # noqa: E402
 
 STEPS = 3
@@ -172,37 +174,39 @@ async def resume_after_restart(dsn: str, held: int) -> float:
         "APPLIANCE_STATE_DIR": str(folder),
     }
     command = [sys.executable, "-m", "appliance.cli", "--config", str(config_file), "run"]
-    conn = await asyncpg.connect(dsn)
+    pool = await dbpool.create_pool(dsn, min_size=1, max_size=2)
+    config = settings.EngineSettings()
     for i in range(held):
-        await conn.execute(
-            "SELECT appliance.submit_task('default', 'bench.sleepy', $1::jsonb, 0, NULL, 3, NULL,"
-            " NULL, NULL, 'bench')",
-            json.dumps({"i": i}),
+        await submission.submit(
+            pool,
+            registry.registry,
+            config,
+            tenant_id="default",
+            workflow=workflows.SLEEPY,
+            task_input={"i": i},
+            actor="bench",
         )
     quiet = asyncio.subprocess.DEVNULL
     first = await asyncio.create_subprocess_exec(*command, env=env, stderr=quiet)
-    await _wait_running(conn, held, attempt=1)
+    await _wait_running(pool, held, attempt=1)
     first.send_signal(signal.SIGKILL)
     await first.wait()
     restarted = time.perf_counter()
     second = await asyncio.create_subprocess_exec(*command, env=env, stderr=quiet)
-    await _wait_running(conn, held, attempt=2)
+    await _wait_running(pool, held, attempt=2)
     elapsed = time.perf_counter() - restarted
     second.send_signal(signal.SIGTERM)
     async with asyncio.timeout(30):
         await second.wait()
-    await conn.close()
+    await pool.close()
     return elapsed
 
 
-async def _wait_running(conn: asyncpg.Connection, held: int, *, attempt: int) -> None:
+async def _wait_running(pool: dbpool.Pool, held: int, *, attempt: int) -> None:
     deadline = time.perf_counter() + 60
     while time.perf_counter() < deadline:
-        running = await conn.fetchval(
-            "SELECT count(*) FROM appliance.tasks WHERE state = 'running' AND attempts = $1",
-            attempt,
-        )
-        if running == held:
+        running = await dbtasks.list_tasks(pool, state="running", limit=held + 1)
+        if sum(1 for task in running if task.attempts == attempt) == held:
             return
         await asyncio.sleep(0.005)
     raise TimeoutError(f"{held} tasks did not reach attempt {attempt} running")

@@ -13,7 +13,10 @@ async def _sleep(seconds: float) -> float:
     return seconds
 
 
-@registry.workflow("bench.sleepy")
+SLEEPY = "bench.sleepy"
+
+
+@registry.workflow(SLEEPY)
 async def sleepy(ctx: context.TaskContext, task_input: Any) -> Any:
     """One long step, so a killed worker holds its tasks mid-step."""
     return await ctx.step("sleep", _sleep, 3600.0)

@@ -198,7 +198,8 @@ END $$;
 -- Pass 1 keeps tenants to their share and integrations to their limit; pass 2 lets tenants use
 -- the slots nobody else wants (work-conserving), never past a hard limit. A tenant or key that
 -- fills up within this claim joins the exclusions and the scan starts again, so a long queue
--- of one never hides the others' tasks. Rows are locked only as they are read.
+-- of one never hides the others' tasks. The scan asks for no more rows than it still needs, so
+-- a claim locks only the rows it takes (and at most one per full key it finds).
 CREATE FUNCTION appliance.claim_tasks(
     p_worker text, p_node text, p_n integer, p_lease_seconds double precision,
     p_workflows text[], p_tenant_share integer
@@ -245,7 +246,7 @@ BEGIN
                    AND (t.concurrency_limit IS NULL OR t.concurrency_key <> ALL (v_keys_full))
                    AND t.task_id <> ALL (v_ids)
                  ORDER BY t.priority DESC, t.run_after, t.task_id
-                 LIMIT 4 * (p_n - cardinality(v_ids)) + 16
+                 LIMIT p_n - cardinality(v_ids)
                  FOR UPDATE SKIP LOCKED
             LOOP
                 IF pass = 1
