@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -212,11 +213,13 @@ async def _report_demo(db: connection.Database, task_id: int, stop: asyncio.Even
         task = await dbtasks.get_task(db.pool, task_id)
         if task is not None and task.state in ("succeeded", "failed", "cancelled"):
             steps = await dbtasks.list_steps(db.pool, task.task_id)
+            timeline = ", ".join(f"{s.name} {s.duration_ms:.1f} ms" for s in steps)
             log.info(
-                "demo task %d %s: %s",
+                "demo task %d %s (%s): %s",
                 task.task_id,
                 task.state,
-                task.output if task.state == "succeeded" else task.error,
+                timeline,
+                json.dumps(task.output) if task.state == "succeeded" else task.error,
                 extra={
                     "event": "demo.finished",
                     "task_id": task.task_id,

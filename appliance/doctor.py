@@ -9,6 +9,7 @@ import pwd
 from appliance import errors, settings
 from appliance.db import audit as dbaudit
 from appliance.db import connection, embedded, migrations
+from appliance.db import outbox as dboutbox
 from appliance.db import tenants as dbtenants
 
 
@@ -65,6 +66,21 @@ def _embedded(config: settings.Settings) -> list[Check]:
     return checks
 
 
+async def _outbox(db: connection.Database) -> Check:
+    backlog = await dboutbox.count_pending_events(db.pool)
+    detail = f"{backlog.pending} undelivered, {backlog.failing} failing"
+    if backlog.pending:
+        detail += f", oldest {backlog.oldest_seconds:.0f} s"
+    if backlog.failing:
+        return Check(
+            "outbox",
+            False,
+            detail,
+            "look at last_error in appliance.outbox_events; deliveries retry by themselves",
+        )
+    return Check("outbox", True, detail)
+
+
 async def _database(config: settings.Settings) -> list[Check]:
     try:
         async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
@@ -100,6 +116,7 @@ async def _database(config: settings.Settings) -> list[Check]:
                 )
             else:
                 checks.append(Check("audit chain", True, "verifies"))
+            checks.append(await _outbox(db))
             return checks
     except errors.ApplianceError as exc:
         return [
