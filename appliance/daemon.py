@@ -21,6 +21,8 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import demo, errors, health, outbox, settings
+from appliance.agents import client as agent_client
+from appliance.agents import loop
 from appliance.db import connection, migrations
 from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
@@ -107,7 +109,11 @@ async def _serve(
     stop: asyncio.Event,
     port: int,
 ) -> int:
-    work = worker.Worker(db.pool, db.dsn, config.engine, registry.registry)
+    model = agent_client.ModelClient(config.model) if config.model.api_key else None
+    services = {}
+    if model is not None:
+        services[loop.SERVICE] = loop.Runtime(db.pool, model, config.model)
+    work = worker.Worker(db.pool, db.dsn, config.engine, registry.registry, services=services)
     relay = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
     background = [
         asyncio.create_task(work.run(), name="engine.worker"),
@@ -137,6 +143,8 @@ async def _serve(
     for task in background:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
+    if model is not None:
+        await model.close()
     log.info("stopped", extra={"event": "daemon.stopped"})
     return 0
 

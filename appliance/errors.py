@@ -24,7 +24,9 @@ the HTTP status the web layer answers with.
         ├── NonDeterminismError         70  500
         ├── LeaseLostError              75  409
         ├── ChainContentionError        75  409
-        └── StepFailedError             70  500
+        ├── StepFailedError             70  500
+        └── WaitError                   75  409
+            └── BudgetExceededError     75  402
 """
 
 from __future__ import annotations
@@ -165,3 +167,24 @@ class ChainContentionError(EngineError):
 
 class StepFailedError(EngineError):
     """A step failed; replayed from its checkpoint when its own exception type is not at hand."""
+
+
+class WaitError(EngineError):
+    """The task cannot go on until something outside it changes; it waits (state `waiting`).
+
+    `reason` is stored as the task's wait_reason, visible in `appliance task show`; its prefix
+    (up to the first ':') names what resumes it.
+    """
+
+    exit_code = 75
+    http_status = 409
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BudgetExceededError(WaitError):
+    """A model call could exceed a budget; the task waits until the budget is raised."""
+
+    http_status = 402

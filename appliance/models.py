@@ -142,3 +142,21 @@ class OutboxEvent:
             "created_at": self.created_at.isoformat(),
             "payload": self.payload,
         }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentVersion:
+    """One version of an agent definition."""
+
+    tenant_id: str
+    name: str
+    version: int
+    persona: str
+    model: str
+    tools: tuple[str, ...]
+    max_tokens: int
+    max_turns: int
+    retrieval: dict[str, Any]
+    content_hash: str
+    created_by: str
+    created_at: dt.datetime

@@ -135,6 +135,22 @@ class HealthSettings(_Section):
     )
 
 
+class ModelSettings(_Section):
+    api_key: pydantic.SecretStr | None = pydantic.Field(
+        default=None, description="Anthropic API key (moves to the vault in a later issue)"
+    )
+    base_url: str | None = pydantic.Field(
+        default=None, description="Messages API base URL; empty = Anthropic's"
+    )
+    timeout_seconds: float = pydantic.Field(default=120.0, gt=0, description="per-call timeout")
+    max_retries: int = pydantic.Field(
+        default=4, ge=0, description="retries of 429 (after retry-after), 529 and 5xx"
+    )
+    cache_ttl: Literal["5m", "1h"] = pydantic.Field(
+        default="5m", description="prompt-cache lifetime of the stable prefix"
+    )
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = pydantic.Field(
         default="INFO", description="log level"
@@ -159,6 +175,7 @@ class Settings(_Section):
     engine: EngineSettings = pydantic.Field(default_factory=EngineSettings)
     outbox: OutboxSettings = pydantic.Field(default_factory=OutboxSettings)
     health: HealthSettings = pydantic.Field(default_factory=HealthSettings)
+    model: ModelSettings = pydantic.Field(default_factory=ModelSettings)
     log: LogSettings = pydantic.Field(default_factory=LogSettings)
 
     @property

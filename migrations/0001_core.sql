@@ -325,8 +325,10 @@ BEGIN
 END $$;
 
 -- End an attempt, with the last step's checkpoint if one is pending, and claim the next tasks
--- in the same commit. p_outcome: succeeded, failed, retry, cancelled, released. (The steps in
--- between are written by the record_step statement of appliance/db/sql/tasks.sql.)
+-- in the same commit. p_outcome: succeeded, failed, retry, cancelled, released, or waiting (the
+-- task parks with p_error as its wait_reason until resume_waiting puts it back; like a release,
+-- that attempt does not count against max_attempts). (The steps in between are written by the
+-- record_step statement of appliance/db/sql/tasks.sql.)
 CREATE FUNCTION appliance.finish_task(
     p_task bigint, p_worker text, p_attempt integer, p_outcome text, p_output json,
     p_error text, p_retry_at timestamptz,
@@ -349,15 +351,17 @@ BEGIN
     -- The lease check: this worker's lease of this attempt, or nothing is written. A cancel
     -- requested meanwhile wins over a retry or a release.
     UPDATE appliance.tasks t
-       SET state = CASE WHEN v_state = 'queued' AND t.cancel_requested_by IS NOT NULL
+       SET state = CASE WHEN v_state IN ('queued', 'waiting') AND t.cancel_requested_by IS NOT NULL
                         THEN 'cancelled' ELSE v_state END,
            output = CASE WHEN p_outcome = 'succeeded' THEN p_output ELSE t.output END,
            error = CASE WHEN p_outcome IN ('failed', 'retry') THEN p_error ELSE t.error END,
+           wait_reason = CASE WHEN p_outcome = 'waiting' THEN p_error END,
            run_after = CASE WHEN p_outcome = 'retry' THEN p_retry_at
                             WHEN p_outcome = 'released' THEN now() ELSE t.run_after END,
-           max_attempts = CASE WHEN p_outcome = 'released' THEN t.max_attempts + 1
+           max_attempts = CASE WHEN p_outcome IN ('released', 'waiting') THEN t.max_attempts + 1
                                ELSE t.max_attempts END,
-           finished_at = CASE WHEN v_state = 'queued' AND t.cancel_requested_by IS NULL
+           finished_at = CASE WHEN v_state IN ('queued', 'waiting')
+                                   AND t.cancel_requested_by IS NULL
                               THEN NULL ELSE now() END,
            lease_owner = NULL, lease_node = NULL, lease_expires_at = NULL, updated_at = now()
      WHERE t.task_id = p_task AND t.lease_owner = p_worker AND t.attempts = p_attempt
@@ -380,6 +384,9 @@ BEGIN
     END IF;
     IF p_outcome = 'retry' THEN
         v_detail := v_detail || jsonb_build_object('retry_at', p_retry_at);
+    END IF;
+    IF p_outcome = 'waiting' THEN
+        v_detail := jsonb_build_object('attempt', p_attempt, 'reason', p_error);
     END IF;
     PERFORM appliance.task_event(p_task, v_tenant, p_worker, 'task.' || p_outcome, v_detail);
     IF v_state = 'cancelled' AND p_outcome <> 'cancelled' THEN
@@ -496,4 +503,32 @@ BEGIN
     PERFORM appliance.task_event(p_task, v_task.tenant_id, p_actor, 'task.retried', '{}'::jsonb);
     PERFORM pg_notify('appliance_tasks', '');
     RETURN 'queued';
+END $$;
+
+-- Put back in the queue a tenant's tasks waiting for a reason that starts with p_reason_prefix
+-- (for example 'budget:' once a budget was raised). Returns how many.
+CREATE FUNCTION appliance.resume_waiting(p_tenant text, p_reason_prefix text, p_actor text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_task record;
+    v_n    integer := 0;
+BEGIN
+    FOR v_task IN
+        UPDATE appliance.tasks t
+           SET state = 'queued', run_after = now(), updated_at = now()
+         WHERE t.task_id IN (
+                SELECT w.task_id FROM appliance.tasks w
+                 WHERE w.state = 'waiting' AND w.tenant_id = p_tenant
+                   AND left(w.wait_reason, length(p_reason_prefix)) = p_reason_prefix
+                 FOR UPDATE SKIP LOCKED)
+        RETURNING t.task_id, t.tenant_id, t.wait_reason
+    LOOP
+        PERFORM appliance.task_event(v_task.task_id, v_task.tenant_id, p_actor, 'task.resumed',
+                                     jsonb_build_object('reason', v_task.wait_reason));
+        v_n := v_n + 1;
+    END LOOP;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('appliance_tasks', '');
+    END IF;
+    RETURN v_n;
 END $$;

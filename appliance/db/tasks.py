@@ -254,3 +254,12 @@ async def count_tasks_by_state(conn: pool.Connection | pool.Pool) -> dict[str, i
     with pool.translated():
         rows = await conn.fetch(_Q["count_tasks_by_state"])
     return {row["state"]: row["n"] for row in rows}
+
+
+async def resume_waiting(
+    conn: pool.Connection | pool.Pool, *, tenant_id: str, reason_prefix: str, actor: str
+) -> int:
+    """Requeue a tenant's tasks waiting for a reason with this prefix; returns how many."""
+    with pool.translated():
+        count: int = await conn.fetchval(_Q["resume_waiting"], tenant_id, reason_prefix, actor)
+    return count

@@ -20,7 +20,7 @@ import inspect
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from appliance import errors, models
@@ -60,8 +60,10 @@ class TaskContext:
         checkpoints: tuple[tuple[str, Any, Any], ...],
         writer: StepWriter,
         draining: Callable[[], bool],
+        services: Mapping[str, Any] | None = None,
     ) -> None:
         self.task_id = task_id
+        self.services: Mapping[str, Any] = services or {}
         self.tenant_id = tenant_id
         self.attempt = attempt
         self._checkpoints = checkpoints
@@ -69,6 +71,11 @@ class TaskContext:
         self._draining = draining
         self._position = 0
         self._pending: models.PendingStep | None = None
+
+    @property
+    def next_position(self) -> int:
+        """The position the next `step` call will have."""
+        return self._position
 
     @property
     def replayed(self) -> int:

@@ -14,7 +14,8 @@ import datetime as dt
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from appliance import errors, models, settings
 from appliance.db import pool as dbpool
@@ -44,7 +45,8 @@ class Worker:
     """Runs tasks of the registered workflows, `concurrency` at a time.
 
     `on_finished(task_id, outcome)` is called after each attempt's final commit (outcome:
-    succeeded, failed, retry, cancelled, released).
+    succeeded, failed, retry, cancelled, released, waiting). `services` are handed to every
+    workflow as `ctx.services` (the agent runtime, for one).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Worker:
         *,
         health: Health | None = None,
         on_finished: Callable[[int, str], None] | None = None,
+        services: Mapping[str, Any] | None = None,
     ) -> None:
         self._pool = pool
         self._dsn = dsn
@@ -64,6 +67,7 @@ class Worker:
         self._names = workflows.names()
         self.health = health or Health()
         self._on_finished = on_finished
+        self._services = services or {}
         self.node = config.node_name
         self.worker_id = f"{config.node_name}:{os.getpid()}:{secrets.token_hex(3)}"
         self._wake = asyncio.Event()
@@ -265,6 +269,7 @@ class Worker:
             checkpoints=task.checkpoints,
             writer=lambda step: self._write_step(task, step),
             draining=lambda: self._draining,
+            services=self._services,
         )
         try:
             workflow = self._registry.get(task.workflow)
@@ -284,6 +289,14 @@ class Worker:
         except errors.DatabaseUnavailableError:
             self._abandoned.add(task.task_id)
             return None
+        except errors.WaitError as exc:
+            log.info(
+                "task %d waits: %s",
+                task.task_id,
+                exc.reason,
+                extra={"event": "engine.task_waiting", "task_id": task.task_id},
+            )
+            return await self._finish(task, ctx, "waiting", error=exc.reason, failed=True)
         except (errors.NonDeterminismError, errors.UnknownWorkflowError) as exc:
             return await self._finish(task, ctx, "failed", error=_describe(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of workflow code ends the attempt

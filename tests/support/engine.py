@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from appliance import models, settings
@@ -170,9 +170,10 @@ async def running_worker(
     dsn: str,
     config: settings.EngineSettings,
     workflows: registry.Registry,
+    services: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[RunningWorker]:
     """Run a Worker until the block ends, then stop it and surface any error it died of."""
-    engine = worker.Worker(pool, dsn, config, workflows)
+    engine = worker.Worker(pool, dsn, config, workflows, services=services)
     crash_log = _CrashLog()
     logger = logging.getLogger(worker.__name__)
     logger.addHandler(crash_log)

@@ -85,18 +85,23 @@ async def fresh_database(server_dsn: str, prefix: str = "appliance_test") -> Asy
             await admin.close()
 
 
-TABLES = ("outbox_events", "task_attempts", "steps", "tasks", "audit_entries", "tenants")
+# Kept between tests: the record of migrations and the price list the migrations seed.
+KEPT = ("schema_migrations", "prices")
 
 
 async def truncate(conn: dbpool.Connection) -> None:
-    """Empty every table but schema_migrations (the audit log's guard is lifted for it)."""
+    """Empty every table of the schema but those KEPT (the audit log's guard is lifted)."""
+    tables = await conn.fetch(
+        "SELECT tablename FROM pg_tables"
+        " WHERE schemaname = 'appliance' AND NOT tablename = ANY($1)",
+        list(KEPT),
+    )
+    names = ", ".join(f'appliance."{row["tablename"]}"' for row in tables)
     async with conn.transaction():
         await conn.execute(
             "ALTER TABLE appliance.audit_entries DISABLE TRIGGER audit_entries_no_truncate"
         )
-        await conn.execute(
-            "TRUNCATE " + ", ".join(f"appliance.{t}" for t in TABLES) + " RESTART IDENTITY"
-        )
+        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY")
         await conn.execute(
             "ALTER TABLE appliance.audit_entries ENABLE TRIGGER audit_entries_no_truncate"
         )

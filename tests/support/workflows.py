@@ -18,12 +18,14 @@ from typing import Any
 
 import asyncpg
 
+from appliance.agents import tools
 from appliance.db import pool as dbpool
 from appliance.engine import context, registry
 
 COUNTED = "test.counted"
 SLEEPY = "test.sleepy"
 FAILS = "test.fails"
+GATE_TOOL = "wait_for_gate"
 STEPS = ("one", "two", "three")
 GATE_POLL_SECONDS = 0.01
 
@@ -105,3 +107,17 @@ def _explode() -> None:
 async def fails(ctx: context.TaskContext, task_input: Any) -> Any:
     """A step that raises; one attempt unless the submission asks for more."""
     return await ctx.step("explode", _explode)
+
+
+@tools.toolbox.tool(
+    GATE_TOOL,
+    "Wait until the gate file exists (a test tool that holds an agent task mid-step).",
+    {"type": "object", "properties": {"gate": {"type": "string"}}, "required": ["gate"]},
+)
+async def wait_for_gate(call: tools.Call, arguments: dict[str, Any]) -> Any:
+    """Poll for the gate file every 10 ms."""
+    gate = Path(arguments["gate"])
+    # A file made by another process: nothing to await but the file system, so poll it.
+    while not gate.exists():  # noqa: ASYNC110
+        await asyncio.sleep(GATE_POLL_SECONDS)
+    return {"opened": gate.name}

@@ -106,3 +106,7 @@ SELECT task_id, attempt, node, worker, started_at, ended_at, outcome, error
 -- name: count_tasks_by_state
 -- How many tasks are in each state (doctor, readiness detail).
 SELECT state, count(*) AS n FROM appliance.tasks GROUP BY state;
+
+-- name: resume_waiting
+-- Requeue tenant $1's tasks waiting for a reason starting with $2; returns how many.
+SELECT appliance.resume_waiting($1, $2, $3);

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import getpass
 import json
 import os
 import sys
@@ -19,66 +18,14 @@ from pathlib import Path
 from typing import Any, get_args
 
 from appliance import __version__, errors, models, settings
+from appliance.cli import agents as agent_commands
+from appliance.cli import output
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
 
 Handler = Callable[[argparse.Namespace, settings.Settings], Coroutine[Any, Any, int]]
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid{os.getuid()}"
-
-
-# ---- output ------------------------------------------------------------------------------------
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-
-
-def _json(data: Any) -> None:
-    _out(json.dumps(data, indent=2, default=_jsonable, sort_keys=False))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    _out("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    if isinstance(value, dict | list):
-        text = json.dumps(value, separators=(",", ":"))
-        return text if len(text) <= 60 else text[:57] + "..."
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _task_dict(task: models.Task) -> dict[str, Any]:
@@ -95,7 +42,10 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         async with db.pool.acquire() as conn:
             applied = await migrations.migrate(conn)
         created = await dbtenants.create_tenant(
-            db.pool, tenant_id=config.default_tenant, name=config.default_tenant, actor=_actor()
+            db.pool,
+            tenant_id=config.default_tenant,
+            name=config.default_tenant,
+            actor=output.actor(),
         )
         where = f"embedded cluster in {db.cluster.data_dir}" if db.cluster else "configured server"
     result: dict[str, Any] = {
@@ -107,13 +57,13 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         "tenant_created": created,
     }
     if args.json:
-        _json(result)
+        output.emit_json(result)
     else:
-        _out(f"config        {result['config']}")
-        _out(f"state dir     {result['state_dir']}")
-        _out(f"database      {where}")
-        _out(f"migrations    {', '.join(result['migrations_applied']) or 'up to date'}")
-        _out(f"tenant        {config.default_tenant} ({'created' if created else 'exists'})")
+        output.out(f"config        {result['config']}")
+        output.out(f"state dir     {result['state_dir']}")
+        output.out(f"database      {where}")
+        output.out(f"migrations    {', '.join(result['migrations_applied']) or 'up to date'}")
+        output.out(f"tenant        {config.default_tenant} ({'created' if created else 'exists'})")
     return 0
 
 
@@ -140,17 +90,17 @@ async def cmd_migrate(args: argparse.Namespace, config: settings.Settings) -> in
     ):
         if args.print_sql:
             for migration in (await migrations.status(conn)).pending:
-                _out(f"-- {migration.filename} (sha256 {migration.checksum})")
-                _out(migration.text)
+                output.out(f"-- {migration.filename} (sha256 {migration.checksum})")
+                output.out(migration.text)
             return 0
         applied = await migrations.migrate(conn)
     if args.json:
-        _json({"applied": [m.filename for m in applied]})
+        output.emit_json({"applied": [m.filename for m in applied]})
     elif applied:
         for migration in applied:
-            _out(f"applied {migration.filename}")
+            output.out(f"applied {migration.filename}")
     else:
-        _out("up to date")
+        output.out("up to date")
     return 0
 
 
@@ -158,11 +108,11 @@ async def cmd_config_show(args: argparse.Namespace, config: settings.Settings) -
     """The effective settings, secrets redacted."""
     data = settings.redacted(config)
     if args.json:
-        _json(data)
+        output.emit_json(data)
         return 0
-    _out(f"# effective settings (file: {args.config_path})")
+    output.out(f"# effective settings (file: {args.config_path})")
     for key, value in _flatten(data):
-        _out(f"{key} = {json.dumps(value)}")
+        output.out(f"{key} = {json.dumps(value)}")
     return 0
 
 
@@ -182,13 +132,13 @@ async def cmd_doctor(args: argparse.Namespace, config: settings.Settings) -> int
 
     checks = await doctor.run_checks(config)
     if args.json:
-        _json([c.__dict__ for c in checks])
+        output.emit_json([c.__dict__ for c in checks])
     else:
         for check in checks:
             mark = "ok  " if check.ok else "FAIL"
-            _out(f"[{mark}] {check.name}: {check.detail}")
+            output.out(f"[{mark}] {check.name}: {check.detail}")
             if not check.ok and check.fix:
-                _out(f"       fix: {check.fix}")
+                output.out(f"       fix: {check.fix}")
     return 0 if all(c.ok for c in checks) else 1
 
 
@@ -217,12 +167,12 @@ async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -
             run_after=run_after,
             max_attempts=args.max_attempts,
             idempotency_key=args.idempotency_key,
-            actor=_actor(),
+            actor=output.actor(),
         )
     if args.json:
-        _json({"task_id": submitted.task_id, "created": submitted.created})
+        output.emit_json({"task_id": submitted.task_id, "created": submitted.created})
     else:
-        _out(f"{submitted.task_id}" + ("" if submitted.created else " (existing task)"))
+        output.out(f"{submitted.task_id}" + ("" if submitted.created else " (existing task)"))
     return 0
 
 
@@ -233,9 +183,9 @@ async def cmd_task_list(args: argparse.Namespace, config: settings.Settings) -> 
             db.pool, tenant_id=args.tenant, state=args.state, limit=args.limit
         )
     if args.json:
-        _json([_task_dict(t) for t in tasks])
+        output.emit_json([_task_dict(t) for t in tasks])
         return 0
-    _table(
+    output.table(
         [
             (
                 t.task_id,
@@ -263,9 +213,9 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
         attempts = await dbtasks.list_attempts(db.pool, args.task_id)
     if args.json:
         data = _task_dict(task)
-        data["steps"] = [s.__dict__ if hasattr(s, "__dict__") else _fields(s) for s in steps]
-        data["attempts"] = [_fields(a) for a in attempts]
-        _json(data)
+        data["steps"] = [s.__dict__ if hasattr(s, "__dict__") else output.fields(s) for s in steps]
+        data["attempts"] = [output.fields(a) for a in attempts]
+        output.emit_json(data)
         return 0
     for key in (
         "task_id",
@@ -285,43 +235,39 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
     ):
         value = getattr(task, key)
         if value is not None:
-            _out(f"{key:<20}{_cell(value)}")
-    _out(f"{'input':<20}{json.dumps(task.input)}")
+            output.out(f"{key:<20}{output.cell(value)}")
+    output.out(f"{'input':<20}{json.dumps(task.input)}")
     if task.output is not None:
-        _out(f"{'output':<20}{json.dumps(task.output)}")
-    _out("")
-    _out("steps")
-    _table(
+        output.out(f"{'output':<20}{json.dumps(task.output)}")
+    output.out("")
+    output.out("steps")
+    output.table(
         [(s.position, s.name, s.attempt, f"{s.duration_ms:.2f} ms", s.started_at) for s in steps],
         ("#", "step", "attempt", "duration", "started"),
     )
-    _out("")
-    _out("attempts")
-    _table(
+    output.out("")
+    output.out("attempts")
+    output.table(
         [(a.attempt, a.node, a.outcome, a.started_at, a.ended_at, a.error) for a in attempts],
         ("#", "node", "outcome", "started", "ended", "error"),
     )
     return 0
 
 
-def _fields(row: Any) -> dict[str, Any]:
-    return {f: getattr(row, f) for f in row.__dataclass_fields__}
-
-
 async def cmd_task_cancel(args: argparse.Namespace, config: settings.Settings) -> int:
     """Cancel a task (a running one stops at its next step boundary)."""
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
-        result = await dbtasks.cancel_task(db.pool, task_id=args.task_id, actor=_actor())
+        result = await dbtasks.cancel_task(db.pool, task_id=args.task_id, actor=output.actor())
     if result is None:
         raise errors.NotFoundError(f"no task {args.task_id}")
     if result.startswith("ended:"):
         raise errors.StateError(f"task {args.task_id} already ended: {result[len('ended:') :]}")
     if args.json:
-        _json({"task_id": args.task_id, "result": result})
+        output.emit_json({"task_id": args.task_id, "result": result})
     elif result == "cancelling":
-        _out(f"task {args.task_id}: cancel requested; it stops at its next step boundary")
+        output.out(f"task {args.task_id}: cancel requested; it stops at its next step boundary")
     else:
-        _out(f"task {args.task_id}: cancelled")
+        output.out(f"task {args.task_id}: cancelled")
     return 0
 
 
@@ -329,7 +275,7 @@ async def cmd_task_retry(args: argparse.Namespace, config: settings.Settings) ->
     """Requeue a failed or cancelled task; it resumes from its last checkpoint."""
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
         result = await dbtasks.retry_task(
-            db.pool, task_id=args.task_id, actor=_actor(), attempts=config.engine.max_attempts
+            db.pool, task_id=args.task_id, actor=output.actor(), attempts=config.engine.max_attempts
         )
     if result is None:
         raise errors.NotFoundError(f"no task {args.task_id}")
@@ -339,9 +285,9 @@ async def cmd_task_retry(args: argparse.Namespace, config: settings.Settings) ->
             "only failed or cancelled tasks can be retried"
         )
     if args.json:
-        _json({"task_id": args.task_id, "result": result})
+        output.emit_json({"task_id": args.task_id, "result": result})
     else:
-        _out(f"task {args.task_id}: queued again")
+        output.out(f"task {args.task_id}: queued again")
     return 0
 
 
@@ -351,9 +297,11 @@ async def cmd_audit_verify(args: argparse.Namespace, config: settings.Settings) 
         entries, chains = await dbaudit.count_audit_entries(db.pool)
         breaks = await dbaudit.find_chain_breaks(db.pool)
     if args.json:
-        _json({"entries": entries, "chains": chains, "breaks": [_fields(b) for b in breaks]})
+        output.emit_json(
+            {"entries": entries, "chains": chains, "breaks": [output.fields(b) for b in breaks]}
+        )
     elif not breaks:
-        _out(f"ok: {entries} entries in {chains} chains verify")
+        output.out(f"ok: {entries} entries in {chains} chains verify")
     if breaks:
         first = breaks[0]
         raise errors.AuditChainError(
@@ -370,9 +318,9 @@ async def cmd_audit_show(args: argparse.Namespace, config: settings.Settings) ->
     if not entries:
         raise errors.NotFoundError(f"no audit entries for task {args.task_id}")
     if args.json:
-        _json([_fields(e) for e in entries])
+        output.emit_json([output.fields(e) for e in entries])
         return 0
-    _table(
+    output.table(
         [(e.seq, e.created_at, e.actor, e.action, e.detail, e.hash[:12]) for e in entries],
         ("seq", "time", "actor", "action", "detail", "hash"),
     )
@@ -383,12 +331,15 @@ async def cmd_tenants_add(args: argparse.Namespace, config: settings.Settings) -
     """Create a tenant."""
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
         created = await dbtenants.create_tenant(
-            db.pool, tenant_id=args.tenant_id, name=args.name or args.tenant_id, actor=_actor()
+            db.pool,
+            tenant_id=args.tenant_id,
+            name=args.name or args.tenant_id,
+            actor=output.actor(),
         )
     if args.json:
-        _json({"tenant_id": args.tenant_id, "created": created})
+        output.emit_json({"tenant_id": args.tenant_id, "created": created})
     else:
-        _out(f"tenant {args.tenant_id}: {'created' if created else 'exists already'}")
+        output.out(f"tenant {args.tenant_id}: {'created' if created else 'exists already'}")
     return 0
 
 
@@ -397,9 +348,11 @@ async def cmd_tenants_list(args: argparse.Namespace, config: settings.Settings) 
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
         found = await dbtenants.list_tenants(db.pool)
     if args.json:
-        _json([_fields(t) for t in found])
+        output.emit_json([output.fields(t) for t in found])
     else:
-        _table([(t.tenant_id, t.name, t.created_at) for t in found], ("id", "name", "created"))
+        output.table(
+            [(t.tenant_id, t.name, t.created_at) for t in found], ("id", "name", "created")
+        )
     return 0
 
 
@@ -504,14 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_add.add_argument("tenant_id")
     tenant_add.add_argument("--name")
     add("list", cmd_tenants_list, "list tenants", tenants)
+    agent_commands.add_commands(sub, add, _Parser)
     return parser
 
 
 def _report(exc: BaseException, verbose: bool) -> None:
-    _err(f"appliance: error: {exc}")
+    output.err(f"appliance: error: {exc}")
     cause = exc.__cause__
     while cause is not None:
-        _err(f"  caused by: {type(cause).__name__}: {cause}")
+        output.err(f"  caused by: {type(cause).__name__}: {cause}")
         cause = cause.__cause__
     if verbose:
         traceback.print_exception(exc, file=sys.stderr)
@@ -551,7 +505,7 @@ def _write_template(path: Path, state_dir: Path | None) -> None:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise errors.ConfigError(f"{path}: cannot write the config file: {exc.strerror}") from exc
-    _err(f"wrote {path} (every key at its default)")
+    output.err(f"wrote {path} (every key at its default)")
 
 
 def _configure_logging(args: argparse.Namespace, config: settings.Settings) -> None:

@@ -1,0 +1,1 @@
+"""Agents: definitions, the model client with prompt caching, retrieval, costs, the loop."""

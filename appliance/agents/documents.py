@@ -1,0 +1,699 @@
+"""Documents for retrieval: files split into passages, and their ingestion.
+
+Splitting is pure (`split`): a file becomes passages of about `MIN_TOKENS`..`MAX_TOKENS`
+tokens, each with its title and its place in the file (1-based line range, character offsets
+into the decoded text). Only a file shorter than `MIN_TOKENS` as a whole gives a shorter
+passage. How a file is cut depends on its kind (by extension, `FORMATS`):
+
+- Markdown and reStructuredText: at headings, then at paragraphs; the heading path
+  (`Install > Linux`) is the title of the passages under it. Fenced code stays together.
+- Python: at top-level `def`/`class` (with their decorators and the comments right above
+  them), then at methods, then at blank lines; a definition's signature and docstring are
+  kept with each other. The title is the definition (`class JSONDecoder > def decode`).
+- Plain text and other source files: at blank lines; the title is the file's name.
+
+Each kind marks its cut points, each with a cost (a heading or a top-level definition is a
+bonus, a paragraph cheap, a sentence or a line dearer, between words dearest); a paragraph
+longer than `ATOM_TOKENS` may also be cut inside. A dynamic program then picks the cuts of
+least total cost whose pieces all fit the bounds, with a small pull towards `TARGET_TOKENS`.
+
+Token estimate (`count_tokens`): every run of word characters and every other non-space
+character counts one, `len(re.findall(r"\\w+|[^\\w\\s]", text))`. It is deterministic and
+additive over text cut at whitespace, and close to a BPE count for English prose and code.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import bisect
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from appliance import errors
+from appliance.db import documents as dbdocuments
+from appliance.db import pool as dbpool
+
+log = logging.getLogger(__name__)
+
+TOKEN = re.compile(r"\w+|[^\w\s]")
+MIN_TOKENS = 150
+MAX_TOKENS = 400
+TARGET_TOKENS = 275
+ATOM_TOKENS = 80
+WINDOW_TOKENS = 50
+MAX_FILE_BYTES = 2_000_000
+COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+
+Format = Literal["markdown", "rst", "text", "python", "code"]
+FORMATS: dict[str, Format] = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".rst": "rst",
+    ".txt": "text",
+    ".text": "text",
+    ".py": "python",
+    ".pyi": "python",
+    **dict.fromkeys(
+        (
+            ".c", ".cc", ".cfg", ".cpp", ".cs", ".css", ".go", ".h", ".hpp", ".html", ".ini",
+            ".java", ".js", ".json", ".jsx", ".kt", ".lua", ".php", ".pl", ".rb", ".rs",
+            ".scss", ".sh", ".sql", ".swift", ".toml", ".ts", ".tsx", ".xml", ".yaml", ".yml",
+        ),
+        "code",
+    ),
+}  # fmt: skip
+SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "venv", "build", "dist"})
+
+# The cost of cutting before a piece: lower is a better place to cut.
+_SECTION = -2.0
+_SUBSECTION = 0.0
+_PARAGRAPH = 1.0
+_SENTENCE = 3.0
+_LINE = 4.0
+_WORD = 8.0
+_GLUE = 6.0  # added inside a definition's signature and docstring, and after a heading
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_ADORNMENT = re.compile(r"^([=\-`:'\"~^_*+#<>.])\1{2,}\s*$")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+")
+
+
+def count_tokens(text: str) -> int:
+    """The token estimate of `text` (see the module's docstring)."""
+    return len(TOKEN.findall(text))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestReport:
+    """What `add_documents` did with each file, by source, and how many passages it wrote."""
+
+    added: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()  # (source, reason)
+    passages: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Line:
+    index: int  # 0-based
+    start: int
+    end: int  # after the last non-newline character
+
+    def content(self, text: str) -> str:
+        return text[self.start : self.end]
+
+
+@dataclasses.dataclass(slots=True)
+class _Block:
+    """A paragraph: consecutive lines that are never cut apart unless they are too long."""
+
+    first: int
+    last: int
+    cost: float
+    title: str
+    code: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Atom:
+    """A piece never cut inside, and what cutting before it costs."""
+
+    start: int
+    end: int
+    tokens: int
+    cost: float
+    title: str
+
+
+def _lines(text: str) -> list[_Line]:
+    lines: list[_Line] = []
+    start = 0
+    for index, raw in enumerate(text.split("\n")):
+        lines.append(_Line(index, start, start + len(raw.rstrip("\r"))))
+        start += len(raw) + 1
+    return lines
+
+
+def _is_blank(text: str, line: _Line) -> bool:
+    return not line.content(text).strip()
+
+
+# --- blocks of each kind of file -------------------------------------------------------------
+
+
+def _paragraphs(
+    text: str,
+    lines: Sequence[_Line],
+    *,
+    title: str,
+    code: bool,
+    marks: dict[int, tuple[float, str]] | None = None,
+    glued: frozenset[int] = frozenset(),
+) -> list[_Block]:
+    """Runs of non-blank lines; a marked line (cost, title) also starts a block."""
+    marks = marks or {}
+    blocks: list[_Block] = []
+    current: _Block | None = None
+    for line in lines:
+        mark = marks.get(line.index)
+        if mark is not None:
+            title = mark[1]
+        if _is_blank(text, line):
+            current = None
+            continue
+        if current is not None and mark is None:
+            current.last = line.index
+            continue
+        cost = mark[0] if mark is not None else _PARAGRAPH
+        if line.index in glued:
+            cost += _GLUE
+        current = _Block(line.index, line.index, cost, title, code)
+        blocks.append(current)
+    return blocks
+
+
+def _heading_title(path: Sequence[tuple[int, str]], default: str) -> str:
+    return " > ".join(name for _, name in path) or default
+
+
+def _markdown_blocks(
+    text: str, lines: Sequence[_Line], name: str
+) -> tuple[list[_Block], frozenset[int]]:
+    blocks: list[_Block] = []
+    path: list[tuple[int, str]] = []
+    current: _Block | None = None
+    fence: str | None = None
+    after_heading = False
+
+    def start(index: int, cost: float, code: bool) -> _Block:
+        nonlocal after_heading
+        if after_heading:
+            cost += _GLUE
+            after_heading = False
+        block = _Block(index, index, cost, _heading_title(path, name), code)
+        blocks.append(block)
+        return block
+
+    def heading(first: int, last: int, level: int, title: str) -> None:
+        nonlocal after_heading
+        while path and path[-1][0] >= level:
+            path.pop()
+        path.append((level, title.strip()))
+        blocks.append(_Block(first, last, _SECTION, _heading_title(path, name), code=False))
+        after_heading = True
+
+    for line in lines:
+        content = line.content(text)
+        if fence is not None:
+            if current is None:
+                current = start(line.index, _PARAGRAPH, code=True)
+            current.last = line.index
+            if content.strip().startswith(fence):
+                fence, current = None, None
+            continue
+        opening = _FENCE.match(content)
+        atx = _ATX.match(content)
+        setext = _SETEXT.match(content)
+        if opening is not None:
+            fence = opening.group(1)
+            current = start(line.index, _PARAGRAPH, code=True)
+        elif atx is not None:
+            heading(line.index, line.index, len(atx.group(1)), atx.group(2))
+            current = None
+        elif (
+            setext is not None
+            and current is not None
+            and not current.code
+            and current.first == current.last == line.index - 1
+        ):
+            blocks.remove(current)
+            level = 1 if setext.group(1).startswith("=") else 2
+            heading(current.first, line.index, level, lines[current.first].content(text))
+            current = None
+        elif not content.strip():
+            current = None
+        elif current is not None:
+            current.last = line.index
+        else:
+            current = start(line.index, _PARAGRAPH, code=False)
+    return blocks, frozenset()
+
+
+def _rst_blocks(
+    text: str, lines: Sequence[_Line], name: str
+) -> tuple[list[_Block], frozenset[int]]:
+    """Sections of reStructuredText: a title underlined (maybe overlined) by punctuation."""
+    styles: list[tuple[str, bool]] = []
+    marks: dict[int, tuple[float, str]] = {}
+    glued: set[int] = set()
+    path: list[tuple[int, str]] = []
+    for line in lines[1:]:
+        under = _ADORNMENT.match(line.content(text))
+        if under is None:
+            continue
+        title = lines[line.index - 1].content(text).strip()
+        if not title or _ADORNMENT.match(title):
+            continue
+        before = lines[line.index - 2].content(text).strip() if line.index >= 2 else ""
+        over = before == line.content(text).strip()
+        if before and not over:
+            continue
+        style = (under.group(1), over)
+        if style not in styles:
+            styles.append(style)
+        level = styles.index(style) + 1
+        while path and path[-1][0] >= level:
+            path.pop()
+        path.append((level, title))
+        marks[line.index - 2 if over else line.index - 1] = (_SECTION, _heading_title(path, name))
+        glued.add(_next_nonblank(text, lines, line.index + 1))
+    blocks = _paragraphs(text, lines, title=name, code=False, marks=marks, glued=frozenset(glued))
+    return blocks, frozenset(glued)
+
+
+def _next_nonblank(text: str, lines: Sequence[_Line], index: int) -> int:
+    while index < len(lines) and _is_blank(text, lines[index]):
+        index += 1
+    return index
+
+
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _definition_name(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> str:
+    kind = {ast.FunctionDef: "def", ast.AsyncFunctionDef: "async def", ast.ClassDef: "class"}
+    return f"{kind[type(node)]} {node.name}"
+
+
+def _python_blocks(
+    text: str, lines: Sequence[_Line], name: str
+) -> tuple[list[_Block], frozenset[int]]:
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return _paragraphs(text, lines, title=name, code=True), frozenset()
+    marks: dict[int, tuple[float, str]] = {}
+    glued: set[int] = set()
+
+    def first_line(node: ast.stmt) -> int:
+        decorators: list[ast.expr] = getattr(node, "decorator_list", [])
+        index: int = min([node.lineno, *(d.lineno for d in decorators)]) - 1
+        while index > 0 and lines[index - 1].content(text).lstrip().startswith("#"):
+            index -= 1
+        return index
+
+    def glue(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, first: int) -> None:
+        head = node.body[0]
+        has_docstring = (
+            isinstance(head, ast.Expr)
+            and isinstance(head.value, ast.Constant)
+            and isinstance(head.value.value, str)
+        )
+        last = (head.end_lineno or head.lineno) - 1 if has_docstring else head.lineno - 1
+        glued.update(range(first + 1, last + 1))
+
+    module_head = tree.body[0] if tree.body else None
+    if (
+        isinstance(module_head, ast.Expr)
+        and isinstance(module_head.value, ast.Constant)
+        and isinstance(module_head.value.value, str)
+    ):
+        glued.update(range(module_head.lineno, module_head.end_lineno or module_head.lineno))
+    after_definition = False
+    for node in tree.body:
+        if isinstance(node, _DEFINITIONS):
+            first = first_line(node)
+            title = _definition_name(node)
+            marks[first] = (_SECTION, title)
+            glue(node, first)
+            if isinstance(node, ast.ClassDef):
+                for child in node.body:
+                    if isinstance(child, _DEFINITIONS):
+                        child_first = first_line(child)
+                        if child_first > first:
+                            marks[child_first] = (
+                                _SUBSECTION,
+                                f"{title} > {_definition_name(child)}",
+                            )
+                        glue(child, child_first)
+            after_definition = True
+        elif after_definition:
+            marks[first_line(node)] = (_SECTION, name)
+            after_definition = False
+    blocks = _paragraphs(text, lines, title=name, code=True, marks=marks, glued=frozenset(glued))
+    return blocks, frozenset(glued)
+
+
+def _blocks(
+    text: str, lines: Sequence[_Line], name: str, kind: Format
+) -> tuple[list[_Block], frozenset[int]]:
+    """The paragraphs of a file, and the lines that should stay with the line before them."""
+    if kind == "markdown":
+        return _markdown_blocks(text, lines, name)
+    if kind == "rst":
+        return _rst_blocks(text, lines, name)
+    if kind == "python":
+        return _python_blocks(text, lines, name)
+    return _paragraphs(text, lines, title=name, code=kind == "code"), frozenset()
+
+
+# --- atoms and the cut -----------------------------------------------------------------------
+
+
+def _windows(text: str, start: int, end: int, cost: float, title: str) -> list[_Atom]:
+    """Runs of `WINDOW_TOKENS` tokens; the first costs `cost`, the others a cut between words."""
+    tokens = list(TOKEN.finditer(text, start, end))
+    atoms = []
+    for k in range(0, len(tokens), WINDOW_TOKENS):
+        group = tokens[k : k + WINDOW_TOKENS]
+        atoms.append(
+            _Atom(
+                start if k == 0 else group[0].start(),
+                group[-1].end(),
+                len(group),
+                cost if k == 0 else _WORD,
+                title,
+            )
+        )
+    return atoms
+
+
+def _piece(text: str, start: int, end: int, cost: float, title: str) -> list[_Atom]:
+    """One atom, or word windows when it is longer than `ATOM_TOKENS`."""
+    tokens = count_tokens(text[start:end])
+    if tokens == 0:
+        return []
+    if tokens > ATOM_TOKENS:
+        return _windows(text, start, end, cost, title)
+    return [_Atom(start, end, tokens, cost, title)]
+
+
+def _atoms(
+    text: str, lines: Sequence[_Line], blocks: Sequence[_Block], glued: frozenset[int]
+) -> list[_Atom]:
+    """The atoms of each block: the whole block, or its lines (code) or sentences (prose)."""
+    atoms: list[_Atom] = []
+    for block in blocks:
+        first, last = lines[block.first], lines[block.last]
+        start = first.start if block.code else first.start + _indent(first.content(text))
+        whole = _piece(text, start, last.end, block.cost, block.title)
+        if len(whole) <= 1:
+            atoms.extend(whole)
+        elif block.code:
+            for line in lines[block.first : block.last + 1]:
+                cost = block.cost if line.index == block.first else _LINE
+                cost += _GLUE if line.index in glued and line.index != block.first else 0.0
+                atoms.extend(_piece(text, line.start, line.end, cost, block.title))
+        else:
+            cost, begin = block.cost, start
+            ends = [end.end() for end in _SENTENCE_END.finditer(text, start, last.end)]
+            for end in [*ends, last.end]:
+                atoms.extend(_sentence(text, begin, end, cost, block.title))
+                cost, begin = _SENTENCE, end
+    return [_trimmed(text, atom) for atom in atoms]
+
+
+def _sentence(text: str, start: int, end: int, cost: float, title: str) -> list[_Atom]:
+    """A sentence as one atom or, when it is too long (a list, a table), cut at its lines."""
+    if count_tokens(text[start:end]) <= ATOM_TOKENS:
+        return _piece(text, start, end, cost, title)
+    atoms: list[_Atom] = []
+    begin = start
+    while begin < end:
+        stop = text.find("\n", begin, end)
+        stop = end if stop < 0 else stop + 1
+        content = text[begin:stop]
+        pieces = _piece(text, begin + _indent(content), stop, cost, title)
+        atoms.extend(pieces)
+        cost = _LINE if pieces else cost
+        begin = stop
+    return atoms
+
+
+def _indent(content: str) -> int:
+    return len(content) - len(content.lstrip())
+
+
+def _trimmed(text: str, atom: _Atom) -> _Atom:
+    end = atom.end
+    while end > atom.start and text[end - 1].isspace():
+        end -= 1
+    return dataclasses.replace(atom, end=end)
+
+
+def _size_cost(tokens: int) -> float:
+    return 0.5 * ((tokens - TARGET_TOKENS) / (MAX_TOKENS - TARGET_TOKENS)) ** 2
+
+
+def _cuts(atoms: Sequence[_Atom]) -> list[tuple[int, int]]:
+    """Runs of atoms [i, j) of `MIN_TOKENS`..`MAX_TOKENS` tokens whose cuts cost least."""
+    prefix = [0]
+    for atom in atoms:
+        prefix.append(prefix[-1] + atom.tokens)
+    n = len(atoms)
+    if n == 0:
+        return []
+    if prefix[n] < MIN_TOKENS:
+        return [(0, n)]
+    # Atoms hold at least one token, so `prefix` rises strictly and the starts i of a run
+    # ending at j that fits the bounds form one range, found by bisection.
+    cut_cost = [0.0] + [atom.cost for atom in atoms[1:]]
+    best = [math.inf] * (n + 1)
+    back = [-1] * (n + 1)
+    best[0] = 0.0
+    for j in range(1, n + 1):
+        end = prefix[j]
+        lowest = bisect.bisect_left(prefix, end - MAX_TOKENS, 0, j)
+        highest = bisect.bisect_right(prefix, end - MIN_TOKENS, 0, j)
+        for i in range(lowest, highest):
+            cost = best[i] + cut_cost[i] + _size_cost(end - prefix[i])
+            if cost < best[j]:
+                best[j], back[j] = cost, i
+    if back[n] < 0:
+        return _greedy(prefix)
+    runs = []
+    j = n
+    while j > 0:
+        runs.append((back[j], j))
+        j = back[j]
+    return runs[::-1]
+
+
+def _greedy(prefix: Sequence[int]) -> list[tuple[int, int]]:
+    """Fill each run up to `MAX_TOKENS`; a short last run joins the one before when it fits."""
+    runs: list[tuple[int, int]] = []
+    i = 0
+    n = len(prefix) - 1
+    while i < n:
+        j = i + 1
+        while j < n and prefix[j + 1] - prefix[i] <= MAX_TOKENS:
+            j += 1
+        runs.append((i, j))
+        i = j
+    if len(runs) > 1 and prefix[n] - prefix[runs[-1][0]] < MIN_TOKENS:
+        merged = (runs[-2][0], n)
+        if prefix[n] - prefix[merged[0]] <= MAX_TOKENS:
+            runs[-2:] = [merged]
+    return runs
+
+
+def _title(titles: Iterable[str]) -> str:
+    """The first title in full, then each later one without the path it shares with the one
+    before: `Usage > Install; Upgrade` for a passage that runs from `Usage > Install` into
+    `Usage > Upgrade`."""
+    first, *rest = dict.fromkeys(titles)
+    shown, before = [first], first.split(" > ")
+    for title in rest:
+        parts = title.split(" > ")
+        shared = 0
+        while shared < min(len(before), len(parts) - 1) and before[shared] == parts[shared]:
+            shared += 1
+        shown.append(" > ".join(parts[shared:]))
+        before = parts
+    return "; ".join(shown)
+
+
+def split(text: str, *, name: str, kind: Format) -> list[dbdocuments.NewPassage]:
+    """The passages of one file's text; `name` (the file's name) titles untitled passages."""
+    lines = _lines(text)
+    blocks, glued = _blocks(text, lines, name, kind)
+    atoms = _atoms(text, lines, blocks, glued)
+    starts = [line.start for line in lines]
+    passages = []
+    for position, (i, j) in enumerate(_cuts(atoms)):
+        start, end = atoms[i].start, atoms[j - 1].end
+        body = text[start:end]
+        passages.append(
+            dbdocuments.NewPassage(
+                position=position,
+                title=_title(atom.title for atom in atoms[i:j]),
+                text=body,
+                tokens=count_tokens(body),
+                line_start=bisect.bisect_right(starts, start),
+                line_end=bisect.bisect_right(starts, end - 1),
+                char_start=start,
+                char_end=end,
+            )
+        )
+    return passages
+
+
+def kind_of(path: Path) -> Format | None:
+    """The kind of file by its extension, or None when it is not ingested."""
+    return FORMATS.get(path.suffix.lower())
+
+
+# --- ingestion -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Read:
+    sha256: str
+    passages: list[dbdocuments.NewPassage] | None  # None: unchanged, not split
+
+
+def _walk(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files to ingest under `paths` (sorted, absolute), and those skipped with a reason."""
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for given in paths:
+        path = given.resolve()
+        if path.is_dir():
+            for folder, dirs, names in os.walk(path):
+                dirs[:] = sorted(
+                    d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRECTORIES
+                )
+                for file_name in sorted(names):
+                    if file_name.startswith("."):
+                        continue
+                    found = Path(folder, file_name)
+                    if kind_of(found) is None:
+                        skipped.append((found.as_posix(), "not a text, Markdown or source file"))
+                    else:
+                        files.append(found)
+        elif path.is_file():
+            if kind_of(path) is None:
+                skipped.append((path.as_posix(), "not a text, Markdown or source file"))
+            else:
+                files.append(path)
+        else:
+            skipped.append((path.as_posix(), "no such file or directory"))
+    return files, skipped
+
+
+def _read(path: Path, known_sha256: str | None) -> _Read | str:
+    """The file's sha256 and passages (None when its sha256 is `known_sha256`), or why not."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return f"larger than {MAX_FILE_BYTES} bytes"
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if b"\0" in data[:8192]:
+        return "binary"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary or not UTF-8"
+    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 == known_sha256:
+        return _Read(sha256, None)
+    kind = kind_of(path)
+    if kind is None:
+        return "not a text, Markdown or source file"
+    return _Read(sha256, split(text.removeprefix("\ufeff"), name=path.name, kind=kind))
+
+
+async def _read_ahead(
+    files: Sequence[Path], known: dict[str, str]
+) -> AsyncIterator[tuple[Path, _Read | str]]:
+    """Each file read and split in a thread while the caller stores the one before."""
+    if not files:
+        return
+    ahead = asyncio.ensure_future(
+        asyncio.to_thread(_read, files[0], known.get(files[0].as_posix()))
+    )
+    try:
+        for index, path in enumerate(files):
+            read = await ahead
+            if index + 1 < len(files):
+                following = files[index + 1]
+                ahead = asyncio.ensure_future(
+                    asyncio.to_thread(_read, following, known.get(following.as_posix()))
+                )
+            yield path, read
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            await asyncio.wait([ahead])
+
+
+async def add_documents(
+    db: dbpool.Pool, *, tenant_id: str, collection: str, paths: Sequence[Path]
+) -> IngestReport:
+    """Ingest files and directory trees into a tenant's collection, one transaction per file.
+
+    An unchanged file (same sha256) is skipped; a changed one has its passages replaced.
+    Binary, unreadable, oversized and unknown kinds of files are reported as skipped.
+    """
+    if not COLLECTION.match(collection):
+        raise errors.InputError(
+            f"collection {collection!r} must be 1-128 letters, digits or _.:/- "
+            "(starting with a letter or digit)"
+        )
+    files, skipped = await asyncio.to_thread(_walk, paths)
+    known = await dbdocuments.list_documents(db, tenant_id=tenant_id, collection=collection)
+    outcomes: dict[str, list[str]] = {"added": [], "replaced": [], "unchanged": []}
+    written = 0
+    async for path, read in _read_ahead(files, known):
+        source = path.as_posix()
+        if isinstance(read, str):
+            skipped.append((source, read))
+            continue
+        if read.passages is None:
+            outcomes["unchanged"].append(source)
+            continue
+        outcome = await dbdocuments.store_document(
+            db,
+            tenant_id=tenant_id,
+            collection=collection,
+            source=source,
+            sha256=read.sha256,
+            passages=read.passages,
+        )
+        outcomes[outcome].append(source)
+        if outcome != "unchanged":
+            written += len(read.passages)
+    report = IngestReport(
+        added=tuple(outcomes["added"]),
+        replaced=tuple(outcomes["replaced"]),
+        unchanged=tuple(outcomes["unchanged"]),
+        skipped=tuple(skipped),
+        passages=written,
+    )
+    log.info(
+        "documents ingested",
+        extra={
+            "event": "documents.ingested",
+            "tenant_id": tenant_id,
+            "collection": collection,
+            "added": len(report.added),
+            "replaced": len(report.replaced),
+            "unchanged": len(report.unchanged),
+            "skipped": len(report.skipped),
+            "passages": written,
+        },
+    )
+    return report

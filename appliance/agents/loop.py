@@ -1,0 +1,234 @@
+"""The durable agent loop: the workflow `agent.run`.
+
+Input: `{"agent": NAME, "prompt": TEXT, "version": N (optional)}`. Steps, each checkpointed:
+
+    agent           the definition version that runs this task (recorded in the task)
+    retrieve        the passages the prompt needs, within the agent's token budget
+    model:<turn>    one model call: budget check, the call, its ledger row; the whole reply is
+                    the checkpoint, so a resumed task never pays for a reply twice
+    tool:<turn>:<name>  one tool call; a tool error goes back to the model as an error result
+
+The loop ends on a reply that asks for no tool, at the agent's max_turns, or at a budget: a call
+whose worst case (input estimate plus max_tokens) could exceed the tenant's month budget or the
+task's budget is not made; the task waits (`budget:...`) until the budget is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from appliance import errors, settings
+from appliance.agents import client, costs, definitions, prompt, retrieval, tools
+from appliance.db import agents as dbagents
+from appliance.db import pool as dbpool
+from appliance.engine import context, registry
+
+log = logging.getLogger(__name__)
+
+WORKFLOW = "agent.run"
+SERVICE = "agents"
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What agent steps need from the daemon, handed to workflows as ctx.services['agents']."""
+
+    pool: dbpool.Pool
+    model: client.ModelClient
+    config: settings.ModelSettings
+    toolbox: tools.Toolbox = tools.toolbox
+
+    async def resolve(self, tenant_id: str, name: str, version: int | None) -> dict[str, Any]:
+        agent = await dbagents.get_agent(self.pool, tenant_id=tenant_id, name=name, version=version)
+        return {
+            "name": agent.name,
+            "version": agent.version,
+            "persona": agent.persona,
+            "model": agent.model,
+            "tools": list(agent.tools),
+            "max_tokens": agent.max_tokens,
+            "max_turns": agent.max_turns,
+            "retrieval": agent.retrieval,
+        }
+
+    async def retrieve(self, tenant_id: str, spec: dict[str, Any], text: str) -> list[Any]:
+        settings_ = definitions.Retrieval.model_validate(spec["retrieval"])
+        if not settings_.collections:
+            return []
+        found = await retrieval.retrieve(
+            self.pool,
+            tenant_id=tenant_id,
+            collections=list(settings_.collections),
+            query=text,
+            top_k=settings_.top_k,
+            token_budget=settings_.token_budget,
+        )
+        return [dataclasses.asdict(passage) for passage in found]
+
+    async def call_model(
+        self,
+        task_id: int,
+        tenant_id: str,
+        position: int,
+        spec: dict[str, Any],
+        messages: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Check the budget against the call's worst case, call, record the ledger row."""
+        request = prompt.build(
+            model=spec["model"],
+            persona=spec["persona"],
+            tools=self.toolbox.definitions(tuple(spec["tools"])),
+            messages=messages,
+            max_tokens=spec["max_tokens"],
+            ttl=self.config.cache_ttl,
+        )
+        prices = await costs.price_of(self.pool, model=spec["model"], at=dt.datetime.now(dt.UTC))
+        worst = costs.worst_case_usd(prices, request.input_estimate, spec["max_tokens"])
+        verdict = await costs.check_budget(
+            self.pool, tenant_id=tenant_id, task_id=task_id, worst_case_usd=worst
+        )
+        if not verdict.ok:
+            raise errors.BudgetExceededError(verdict.reason)
+        if request.prefix_tokens < prompt.min_cacheable(spec["model"]):
+            log.warning(
+                "%s",
+                request.cache_note,
+                extra={"event": "agents.not_cacheable", "task_id": task_id},
+            )
+        reply = await self.model.create(request.params)
+        usage = costs.Usage.from_api(reply.message.get("usage") or {})
+        await costs.record_call(
+            self.pool,
+            tenant_id=tenant_id,
+            task_id=task_id,
+            position=position,
+            agent=spec["name"],
+            agent_version=spec["version"],
+            model=spec["model"],
+            request_id=reply.request_id,
+            latency_ms=reply.latency_ms,
+            usage=usage,
+            cache_note=request.cache_note,
+        )
+        return {
+            "content": reply.message.get("content", []),
+            "stop_reason": reply.message.get("stop_reason"),
+            "usage": reply.message.get("usage"),
+            "request_id": reply.request_id,
+        }
+
+    async def call_tool(
+        self, tenant_id: str, task_id: int, spec: dict[str, Any], block: dict[str, Any]
+    ) -> Any:
+        if block["name"] not in spec["tools"]:
+            raise errors.NotAllowedError(
+                f"agent {spec['name']} may not call tool {block['name']!r}"
+            )
+        tool = self.toolbox.get(block["name"])
+        call = tools.Call(tenant_id=tenant_id, task_id=task_id, services=self)
+        return await tool.fn(call, dict(block.get("input") or {}))
+
+
+def _runtime(ctx: context.TaskContext) -> Runtime:
+    runtime = ctx.services.get(SERVICE)
+    if not isinstance(runtime, Runtime):
+        raise errors.ConfigError(
+            "agent tasks need the agent runtime: set model.api_key so the daemon starts it"
+        )
+    return runtime
+
+
+def _first_message(text: str, passages: list[dict[str, Any]]) -> dict[str, Any]:
+    blocks: list[dict[str, Any]] = []
+    if passages:
+        blocks.append({"type": "text", "text": retrieval.render_context(passages)})
+    blocks.append({"type": "text", "text": text})
+    return {"role": "user", "content": blocks}
+
+
+def _text_of(content: list[dict[str, Any]]) -> str:
+    return "\n".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
+
+
+@registry.workflow(WORKFLOW)
+async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
+    """Prompt → (model call → tool calls)* → answer, every call a checkpointed step."""
+    if not isinstance(task_input, dict) or "agent" not in task_input or "prompt" not in task_input:
+        raise errors.InputError('agent.run needs {"agent": NAME, "prompt": TEXT}')
+    runtime = _runtime(ctx)
+    spec = await ctx.step(
+        "agent", runtime.resolve, ctx.tenant_id, task_input["agent"], task_input.get("version")
+    )
+    text = str(task_input["prompt"])
+    passages = await ctx.step("retrieve", runtime.retrieve, ctx.tenant_id, spec, text)
+    messages: list[dict[str, Any]] = [_first_message(text, passages)]
+    usage_total: dict[str, int] = {}
+    for turn in range(spec["max_turns"]):
+        reply = await ctx.step(
+            f"model:{turn}",
+            runtime.call_model,
+            ctx.task_id,
+            ctx.tenant_id,
+            ctx.next_position,
+            spec,
+            messages,
+        )
+        for key, value in (reply.get("usage") or {}).items():
+            if isinstance(value, int):
+                usage_total[key] = usage_total.get(key, 0) + value
+        messages.append({"role": "assistant", "content": reply["content"]})
+        uses = [b for b in reply["content"] if b.get("type") == "tool_use"]
+        if reply["stop_reason"] != "tool_use" or not uses:
+            return {
+                "status": "done",
+                "agent": spec["name"],
+                "agent_version": spec["version"],
+                "answer": _text_of(reply["content"]),
+                "stop_reason": reply["stop_reason"],
+                "turns": turn + 1,
+                "sources": sorted({p["source"] for p in passages}),
+                "usage": usage_total,
+            }
+        results = []
+        for block in uses:
+            try:
+                result = await ctx.step(
+                    f"tool:{turn}:{block['name']}",
+                    runtime.call_tool,
+                    ctx.tenant_id,
+                    ctx.task_id,
+                    spec,
+                    block,
+                )
+                results.append(
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": block["id"],
+                        "content": json.dumps(result),
+                    }
+                )
+            except errors.WaitError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed tool is the model's to handle
+                results.append(
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": block["id"],
+                        "content": f"{type(exc).__name__}: {exc}",
+                        "is_error": True,
+                    }
+                )
+        messages.append({"role": "user", "content": results})
+    return {
+        "status": "max_turns",
+        "agent": spec["name"],
+        "agent_version": spec["version"],
+        "answer": _text_of(messages[-2]["content"]) if len(messages) > 1 else "",
+        "turns": spec["max_turns"],
+        "sources": sorted({p["source"] for p in passages}),
+        "usage": usage_total,
+    }

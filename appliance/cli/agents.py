@@ -1,0 +1,277 @@
+"""CLI commands of the agent side: agents, prices, cost, budgets, documents."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import decimal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance import errors, settings
+from appliance.cli import output
+from appliance.db import connection
+from appliance.db import tasks as dbtasks
+
+
+async def cmd_agents_apply(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Store an agent file as the agent's next version (unless unchanged)."""
+    from appliance.agents import definitions
+
+    definition = definitions.load(args.file)
+    tenant = args.tenant or config.default_tenant
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        version, created = await definitions.apply(
+            db.pool, definition, tenant_id=tenant, actor=output.actor()
+        )
+    if args.json:
+        output.emit_json(
+            {"agent": definition.name, "tenant_id": tenant, "version": version, "created": created}
+        )
+    else:
+        state = "new version" if created else "unchanged"
+        output.out(f"agent {definition.name} (tenant {tenant}): version {version} ({state})")
+    return 0
+
+
+async def cmd_agents_list(args: argparse.Namespace, config: settings.Settings) -> int:
+    """A tenant's agents, newest versions."""
+    from appliance.db import agents as dbagents
+
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        found = await dbagents.list_agents(db.pool, tenant_id=args.tenant or config.default_tenant)
+    if args.json:
+        output.emit_json([output.fields(a) for a in found])
+    else:
+        output.table(
+            [
+                (a.name, a.version, a.model, ",".join(a.tools), a.max_tokens, a.created_at)
+                for a in found
+            ],
+            ("agent", "version", "model", "tools", "max tokens", "created"),
+        )
+    return 0
+
+
+async def cmd_agents_show(args: argparse.Namespace, config: settings.Settings) -> int:
+    """One version of an agent (the newest by default)."""
+    from appliance.db import agents as dbagents
+
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        agent = await dbagents.get_agent(
+            db.pool,
+            tenant_id=args.tenant or config.default_tenant,
+            name=args.name,
+            version=args.version,
+        )
+    data = output.fields(agent)
+    if args.json:
+        output.emit_json(data)
+    else:
+        for key, value in data.items():
+            if key != "persona":
+                shown = ", ".join(value) if isinstance(value, tuple) else output.cell(value)
+                output.out(f"{key:<14}{shown}")
+        output.out("persona")
+        output.out(agent.persona)
+    return 0
+
+
+async def cmd_prices_set(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Add a price (USD per million tokens) from a date on."""
+    from appliance.agents import costs
+
+    try:
+        usd = decimal.Decimal(args.usd_per_mtok)
+    except decimal.InvalidOperation as exc:
+        raise errors.InputError(f"not a price: {args.usd_per_mtok!r}") from exc
+    start = args.effective_from or dt.datetime.now(dt.UTC).date()
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        price = await costs.set_price(
+            db.pool,
+            model=args.model,
+            category=args.category,
+            usd_per_mtok=usd,
+            effective_from=start,
+        )
+    if args.json:
+        output.emit_json(output.fields(price))
+    else:
+        output.out(f"{price.model} {price.category}: ${price.usd_per_mtok}/MTok")
+        output.out(f"from {price.effective_from}")
+    return 0
+
+
+async def cmd_prices_list(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Every price row (history included)."""
+    from appliance.agents import costs
+
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        found = await costs.list_prices(db.pool, model=args.model)
+    if args.json:
+        output.emit_json([output.fields(p) for p in found])
+    else:
+        output.table(
+            [(p.model, p.category, p.effective_from, p.usd_per_mtok, p.source) for p in found],
+            ("model", "category", "from", "usd/mtok", "source"),
+        )
+    return 0
+
+
+async def cmd_cost(args: argparse.Namespace, config: settings.Settings) -> int:
+    """The cost ledger summed by tenant, agent, model, day or task, with the cache saving."""
+    from appliance.agents import costs
+
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        rows = await costs.cost_report(db.pool, by=args.by, since=args.since, tenant_id=args.tenant)
+    if args.json:
+        output.emit_json([output.fields(r) for r in rows])
+        return 0
+    key: Callable[[Any], Any] = {
+        "tenant": lambda r: r.tenant_id,
+        "agent": lambda r: f"{r.agent} v{r.agent_version}",
+        "model": lambda r: r.model,
+        "day": lambda r: r.day,
+        "task": lambda r: r.task_id,
+        "all": lambda r: "all",
+    }[args.by]
+    output.table(
+        [
+            (
+                key(r),
+                r.calls,
+                r.input_tokens,
+                r.cache_creation_input_tokens,
+                r.cache_read_input_tokens,
+                r.output_tokens,
+                f"${r.cost_usd:.6f}",
+                f"${r.saving_usd:.6f}",
+                f"{r.saving_fraction:.0%}" if r.saving_fraction is not None else "-",
+            )
+            for r in rows
+        ],
+        (
+            args.by,
+            "calls",
+            "input",
+            "cache write",
+            "cache read",
+            "output",
+            "cost",
+            "saved",
+            "saved %",
+        ),
+    )
+    return 0
+
+
+async def cmd_docs_add(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Ingest files and folders into a collection (a changed file replaces its passages)."""
+    from appliance.agents import documents
+
+    tenant = args.tenant or config.default_tenant
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        report = await documents.add_documents(
+            db.pool, tenant_id=tenant, collection=args.collection, paths=args.paths
+        )
+    if args.json:
+        output.emit_json(output.fields(report))
+        return 0
+    output.out(
+        f"collection {args.collection} (tenant {tenant}): {len(report.added)} added, "
+        f"{len(report.replaced)} replaced, {len(report.unchanged)} unchanged, "
+        f"{len(report.skipped)} skipped; {report.passages} passages written"
+    )
+    for source, reason in report.skipped:
+        output.err(f"skipped {source}: {reason}")
+    return 0
+
+
+async def cmd_budgets_set(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Set a tenant's monthly budget or a task's budget; waiting tasks resume if it allows."""
+    from appliance.agents import costs
+
+    try:
+        usd = decimal.Decimal(args.usd)
+    except decimal.InvalidOperation as exc:
+        raise errors.InputError(f"not an amount: {args.usd!r}") from exc
+    tenant = args.tenant or config.default_tenant
+    scope: Literal["month", "task"] = "task" if args.task is not None or args.per_task else "month"
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        budget = await costs.set_budget(
+            db.pool,
+            tenant_id=tenant,
+            scope=scope,
+            usd_limit=usd,
+            actor=output.actor(),
+            task_id=args.task,
+        )
+        resumed = await dbtasks.resume_waiting(
+            db.pool, tenant_id=tenant, reason_prefix="budget:", actor=output.actor()
+        )
+    if args.json:
+        output.emit_json({**output.fields(budget), "resumed_tasks": resumed})
+    else:
+        which = (
+            f"task {args.task}"
+            if args.task is not None
+            else ("each task" if scope == "task" else "each month")
+        )
+        output.out(f"tenant {tenant}: ${usd} for {which}; {resumed} waiting task(s) resumed")
+    return 0
+
+
+def add_commands(
+    sub: Any, add: Callable[..., Any], parser_class: type[argparse.ArgumentParser]
+) -> None:
+    """agents, prices, cost, budgets, docs."""
+    agents = sub.add_parser("agents", help="agent definitions").add_subparsers(
+        dest="agents_command", required=True, parser_class=parser_class
+    )
+    apply = add("apply", cmd_agents_apply, "store an agent file as its next version", agents)
+    apply.add_argument("file", type=Path)
+    apply.add_argument("--tenant")
+    agents_list = add("list", cmd_agents_list, "a tenant's agents", agents)
+    agents_list.add_argument("--tenant")
+    show = add("show", cmd_agents_show, "one version of an agent", agents)
+    show.add_argument("name")
+    show.add_argument("--version", type=int)
+    show.add_argument("--tenant")
+
+    prices = sub.add_parser("prices", help="model prices").add_subparsers(
+        dest="prices_command", required=True, parser_class=parser_class
+    )
+    price_set = add("set", cmd_prices_set, "add a price from a date on", prices)
+    price_set.add_argument("model")
+    price_set.add_argument(
+        "category", choices=["input", "cache_write_5m", "cache_write_1h", "cache_read", "output"]
+    )
+    price_set.add_argument("usd_per_mtok", help="USD per million tokens")
+    price_set.add_argument("--from", dest="effective_from", type=dt.date.fromisoformat)
+    price_list = add("list", cmd_prices_list, "price rows, history included", prices)
+    price_list.add_argument("--model")
+
+    cost = add("cost", cmd_cost, "the cost ledger, summed, with the cache saving")
+    cost.add_argument(
+        "--by", choices=["tenant", "agent", "model", "day", "task", "all"], default="tenant"
+    )
+    cost.add_argument("--since", type=dt.date.fromisoformat, help="from this UTC date on")
+    cost.add_argument("--tenant")
+
+    budgets = sub.add_parser("budgets", help="budgets").add_subparsers(
+        dest="budgets_command", required=True, parser_class=parser_class
+    )
+    budget_set = add("set", cmd_budgets_set, "set a budget (monthly by default)", budgets)
+    budget_set.add_argument("usd")
+    budget_set.add_argument("--tenant")
+    budget_set.add_argument("--task", type=int, help="a budget for this task")
+    budget_set.add_argument("--per-task", action="store_true", help="a budget for each task")
+
+    docs = sub.add_parser("docs", help="documents for retrieval").add_subparsers(
+        dest="docs_command", required=True, parser_class=parser_class
+    )
+    docs_add = add("add", cmd_docs_add, "ingest files and folders into a collection", docs)
+    docs_add.add_argument("paths", nargs="+", type=Path)
+    docs_add.add_argument("--collection", default="default")
+    docs_add.add_argument("--tenant")

@@ -1,0 +1,138 @@
+-- name: lock_collection
+-- Create collection $2 of tenant $1 if new and lock its row: writers of one collection queue here.
+INSERT INTO appliance.collections AS c (tenant_id, collection) VALUES ($1, $2)
+ON CONFLICT (tenant_id, collection) DO UPDATE SET passages = c.passages
+RETURNING c.passages;
+
+-- name: list_documents
+-- The source and content sha256 of every document of collection $2 of tenant $1.
+SELECT document_id, source, sha256
+  FROM appliance.documents
+ WHERE tenant_id = $1 AND collection = $2;
+
+-- name: find_document
+-- The id and content sha256 of document $3 of collection $2 of tenant $1 (no row: not stored).
+SELECT document_id, sha256
+  FROM appliance.documents
+ WHERE tenant_id = $1 AND collection = $2 AND source = $3;
+
+-- name: delete_passages
+-- Delete document $1's passages, taking their lexemes and tokens off the collection's statistics.
+WITH gone AS (
+    DELETE FROM appliance.passages p WHERE p.document_id = $1
+    RETURNING p.tenant_id, p.collection, p.tokens, p.tsv
+), counted AS (
+    SELECT g.tenant_id, g.collection, u.lexeme, count(*)::integer AS n
+      FROM gone g CROSS JOIN LATERAL unnest(tsvector_to_array(g.tsv)) AS u (lexeme)
+     GROUP BY g.tenant_id, g.collection, u.lexeme
+), dropped AS (
+    DELETE FROM appliance.collection_terms t USING counted k
+     WHERE t.tenant_id = k.tenant_id AND t.collection = k.collection AND t.lexeme = k.lexeme
+       AND t.passages <= k.n
+), lowered AS (
+    UPDATE appliance.collection_terms t SET passages = t.passages - k.n
+      FROM counted k
+     WHERE t.tenant_id = k.tenant_id AND t.collection = k.collection AND t.lexeme = k.lexeme
+       AND t.passages > k.n
+), totals AS (
+    SELECT g.tenant_id, g.collection, count(*) AS n, sum(g.tokens) AS tokens
+      FROM gone g GROUP BY g.tenant_id, g.collection
+), stats AS (
+    UPDATE appliance.collections c SET passages = c.passages - s.n, tokens = c.tokens - s.tokens
+      FROM totals s
+     WHERE c.tenant_id = s.tenant_id AND c.collection = s.collection
+)
+SELECT count(*) FROM gone;
+
+-- name: save_document
+-- Insert document $3 of collection $2 of tenant $1 with content sha256 $4, or update its sha256; returns its id.
+INSERT INTO appliance.documents AS d (tenant_id, collection, source, sha256)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (tenant_id, collection, source)
+DO UPDATE SET sha256 = excluded.sha256, ingested_at = now()
+RETURNING d.document_id;
+
+-- name: insert_passages
+-- Insert document $3's passages (arrays $4..$11, one element per passage) and add their lexemes and tokens to the statistics.
+WITH added AS (
+    INSERT INTO appliance.passages (tenant_id, collection, document_id, position, title, text,
+                                    tokens, line_start, line_end, char_start, char_end)
+    SELECT $1, $2, $3, u.position, u.title, u.text, u.tokens, u.line_start, u.line_end,
+           u.char_start, u.char_end
+      FROM unnest($4::integer[], $5::text[], $6::text[], $7::integer[], $8::integer[],
+                  $9::integer[], $10::integer[], $11::integer[])
+           AS u (position, title, text, tokens, line_start, line_end, char_start, char_end)
+    RETURNING tokens, tsv
+), counted AS (
+    SELECT u.lexeme, count(*)::integer AS n
+      FROM added a CROSS JOIN LATERAL unnest(tsvector_to_array(a.tsv)) AS u (lexeme)
+     GROUP BY u.lexeme
+), terms AS (
+    INSERT INTO appliance.collection_terms AS t (tenant_id, collection, lexeme, passages)
+    SELECT $1, $2, k.lexeme, k.n FROM counted k ORDER BY k.lexeme
+    ON CONFLICT (tenant_id, collection, lexeme) DO UPDATE SET passages = t.passages + excluded.passages
+), stats AS (
+    UPDATE appliance.collections c
+       SET passages = c.passages + (SELECT count(*) FROM added),
+           tokens = c.tokens + (SELECT coalesce(sum(a.tokens), 0) FROM added a)
+     WHERE c.tenant_id = $1 AND c.collection = $2
+)
+SELECT count(*) FROM added;
+
+-- name: list_collections
+-- Every collection of tenant $1 with its documents, passages and tokens.
+SELECT c.collection, c.passages, c.tokens,
+       (SELECT count(*) FROM appliance.documents d
+         WHERE d.tenant_id = c.tenant_id AND d.collection = c.collection) AS documents
+  FROM appliance.collections c
+ WHERE c.tenant_id = $1
+ ORDER BY c.collection;
+
+-- name: search_passages
+-- BM25 (k1 $4, b $5) of tenant $1's passages in collections $2 holding any lexeme of query $3; the best $7 of at most $6 tokens.
+-- Each step is materialized so that the passages are scanned once, through the GIN index; the
+-- document frequencies are read by one index probe per query lexeme, whatever the statistics.
+WITH query AS MATERIALIZED (
+    SELECT replace(plainto_tsquery('english'::regconfig, $3)::text, ' & ', ' | ')::tsquery AS tsq,
+           tsvector_to_array(to_tsvector('english'::regconfig, $3)) AS lexemes
+), corpus AS MATERIALIZED (
+    SELECT sum(c.passages)::float8 AS n,
+           sum(c.tokens)::float8 / nullif(sum(c.passages), 0) AS avgdl
+      FROM appliance.collections c
+     WHERE c.tenant_id = $1 AND c.collection = ANY ($2::text[])
+), terms AS MATERIALIZED (
+    SELECT l.lexeme, ln(1 + (k.n - f.df + 0.5) / (f.df + 0.5)) AS idf
+      FROM query q
+           CROSS JOIN LATERAL unnest(q.lexemes) AS l (lexeme)
+           CROSS JOIN LATERAL (
+               SELECT sum(t.passages)::float8 AS df FROM appliance.collection_terms t
+                WHERE t.tenant_id = $1 AND t.collection = ANY ($2::text[])
+                  AND t.lexeme = l.lexeme
+           ) AS f
+           CROSS JOIN corpus k
+     WHERE f.df IS NOT NULL
+), candidates AS MATERIALIZED (
+    SELECT p.passage_id, p.tokens,
+           ts_filter(setweight(p.tsv, 'A', q.lexemes), '{a}') AS matched
+      FROM query q
+           JOIN appliance.passages p ON p.tsv @@ q.tsq
+     WHERE p.tenant_id = $1 AND p.collection = ANY ($2::text[]) AND p.tokens <= $6
+), scored AS (
+    SELECT c.passage_id,
+           sum(t.idf * cardinality(m.positions) * ($4::float8 + 1)
+               / (cardinality(m.positions)
+                  + $4::float8 * (1 - $5::float8 + $5::float8 * c.tokens / k.avgdl))) AS score
+      FROM candidates c
+           CROSS JOIN LATERAL unnest(c.matched) AS m (lexeme, positions, weights)
+           JOIN terms t ON t.lexeme = m.lexeme
+           CROSS JOIN corpus k
+     GROUP BY c.passage_id
+     ORDER BY score DESC, c.passage_id
+     LIMIT $7
+)
+SELECT d.source, p.collection, p.position, p.title, p.text, p.tokens, p.line_start, p.line_end,
+       s.score
+  FROM scored s
+       JOIN appliance.passages p ON p.passage_id = s.passage_id
+       JOIN appliance.documents d ON d.document_id = p.document_id
+ ORDER BY s.score DESC, s.passage_id;
