@@ -111,9 +111,16 @@ async def _serve(
 ) -> int:
     model = agent_client.ModelClient(config.model) if config.model.api_key else None
     services = {}
+    workflows = registry.registry
     if model is not None:
         services[loop.SERVICE] = loop.Runtime(db.pool, model, config.model)
-    work = worker.Worker(db.pool, db.dsn, config.engine, registry.registry, services=services)
+    else:
+        workflows = workflows.without([loop.WORKFLOW])
+        log.info(
+            "model.api_key is not set: agent tasks stay queued for a daemon that has one",
+            extra={"event": "agents.disabled"},
+        )
+    work = worker.Worker(db.pool, db.dsn, config.engine, workflows, services=services)
     relay = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
     background = [
         asyncio.create_task(work.run(), name="engine.worker"),

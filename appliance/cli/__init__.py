@@ -145,6 +145,7 @@ async def cmd_doctor(args: argparse.Namespace, config: settings.Settings) -> int
 async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -> int:
     """Enqueue a task."""
     from appliance import demo  # noqa: F401 - registers the demo workflow
+    from appliance.agents import loop  # noqa: F401 - registers agent.run
     from appliance.engine import registry, submission
 
     try:
@@ -488,6 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 70
         _report(exc, True)
         return errors.ApplianceError.exit_code

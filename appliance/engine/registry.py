@@ -56,6 +56,13 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._workflows)
 
+    def without(self, names: Iterable[str]) -> Registry:
+        """A copy lacking these workflows: a worker claims none of their tasks."""
+        copy = Registry()
+        left_out = set(names)
+        copy._workflows = {n: w for n, w in self._workflows.items() if n not in left_out}
+        return copy
+
 
 registry = Registry()
 workflow = registry.workflow
