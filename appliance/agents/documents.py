@@ -19,7 +19,8 @@ least total cost whose pieces all fit the bounds, with a small pull towards `TAR
 
 Token estimate (`count_tokens`): every run of word characters and every other non-space
 character counts one, `len(re.findall(r"\\w+|[^\\w\\s]", text))`. It is deterministic and
-additive over text cut at whitespace, and close to a BPE count for English prose and code.
+additive over text cut at whitespace. It is not the model's tokenizer: a long or rare word is
+one token here and may be several there, so budgets built on it should keep a margin.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from __future__ import annotations
 import ast
 import asyncio
 import bisect
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import math
 import os
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -601,7 +603,7 @@ def _read(path: Path, known_sha256: str | None) -> _Read | str:
         data = path.read_bytes()
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
-    if b"\0" in data[:8192]:
+    if b"\0" in data:  # Postgres text cannot hold NUL
         return "binary"
     try:
         text = data.decode("utf-8")
@@ -618,7 +620,7 @@ def _read(path: Path, known_sha256: str | None) -> _Read | str:
 
 async def _read_ahead(
     files: Sequence[Path], known: dict[str, str]
-) -> AsyncIterator[tuple[Path, _Read | str]]:
+) -> AsyncGenerator[tuple[Path, _Read | str], None]:
     """Each file read and split in a thread while the caller stores the one before."""
     if not files:
         return
@@ -646,7 +648,9 @@ async def add_documents(
     """Ingest files and directory trees into a tenant's collection, one transaction per file.
 
     An unchanged file (same sha256) is skipped; a changed one has its passages replaced.
-    Binary, unreadable, oversized and unknown kinds of files are reported as skipped.
+    Binary, unreadable, oversized and unknown kinds of files are reported as skipped. Files are
+    stored in the sorted order of the walk, so when one fails (Postgres gone, an unknown
+    tenant) the error is raised and the files before it stay stored.
     """
     if not COLLECTION.match(collection):
         raise errors.InputError(
@@ -657,25 +661,26 @@ async def add_documents(
     known = await dbdocuments.list_documents(db, tenant_id=tenant_id, collection=collection)
     outcomes: dict[str, list[str]] = {"added": [], "replaced": [], "unchanged": []}
     written = 0
-    async for path, read in _read_ahead(files, known):
-        source = path.as_posix()
-        if isinstance(read, str):
-            skipped.append((source, read))
-            continue
-        if read.passages is None:
-            outcomes["unchanged"].append(source)
-            continue
-        outcome = await dbdocuments.store_document(
-            db,
-            tenant_id=tenant_id,
-            collection=collection,
-            source=source,
-            sha256=read.sha256,
-            passages=read.passages,
-        )
-        outcomes[outcome].append(source)
-        if outcome != "unchanged":
-            written += len(read.passages)
+    async with contextlib.aclosing(_read_ahead(files, known)) as reads:
+        async for path, read in reads:
+            source = path.as_posix()
+            if isinstance(read, str):
+                skipped.append((source, read))
+                continue
+            if read.passages is None:
+                outcomes["unchanged"].append(source)
+                continue
+            outcome = await dbdocuments.store_document(
+                db,
+                tenant_id=tenant_id,
+                collection=collection,
+                source=source,
+                sha256=read.sha256,
+                passages=read.passages,
+            )
+            outcomes[outcome].append(source)
+            if outcome != "unchanged":
+                written += len(read.passages)
     report = IngestReport(
         added=tuple(outcomes["added"]),
         replaced=tuple(outcomes["replaced"]),

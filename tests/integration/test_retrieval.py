@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sysconfig
 from pathlib import Path
 
@@ -434,6 +435,20 @@ class TestIngest:
 
         assert [Path(s).name for s in report.added] == ["guide.md"]
         assert report.skipped == ()
+
+    async def test_concurrent_ingests_of_one_collection_keep_statistics_exact(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """Writers of one collection queue on it: overlapping ingests leave exact counts."""
+        paths = [write(tmp_path, name, text) for name, text in HANDBOOK.items()]
+
+        reports = await asyncio.gather(
+            ingest(db, paths), ingest(db, paths[::-1]), ingest(db, paths[:2]), ingest(db, paths)
+        )
+
+        assert sorted(s for r in reports for s in r.added) == sorted(map(source_of, paths))
+        assert await db.fetchval("SELECT count(*) FROM appliance.documents") == len(paths)
+        assert await drift(db) == 0
 
     async def test_an_unknown_tenant_is_refused(self, db: dbpool.Pool, tmp_path: Path) -> None:
         """Documents of a tenant that does not exist are refused as bad input."""
