@@ -125,6 +125,7 @@ class _Block:
     cost: float
     title: str
     code: bool
+    opens: bool = False  # starts a definition or a section (its title's own first line)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,6 +137,7 @@ class _Atom:
     tokens: int
     cost: float
     title: str
+    opens: bool = False  # the first piece of a definition or a section
 
 
 def _lines(text: str) -> list[_Line]:
@@ -165,6 +167,7 @@ def _paragraphs(
 ) -> list[_Block]:
     """Runs of non-blank lines; a marked line (cost, title) also starts a block."""
     marks = marks or {}
+    default = title
     blocks: list[_Block] = []
     current: _Block | None = None
     for line in lines:
@@ -180,7 +183,8 @@ def _paragraphs(
         cost = mark[0] if mark is not None else _PARAGRAPH
         if line.index in glued:
             cost += _GLUE
-        current = _Block(line.index, line.index, cost, title, code)
+        opens = mark is not None and mark[1] != default
+        current = _Block(line.index, line.index, cost, title, code, opens=opens)
         blocks.append(current)
     return blocks
 
@@ -212,7 +216,9 @@ def _markdown_blocks(
         while path and path[-1][0] >= level:
             path.pop()
         path.append((level, title.strip()))
-        blocks.append(_Block(first, last, _SECTION, _heading_title(path, name), code=False))
+        blocks.append(
+            _Block(first, last, _SECTION, _heading_title(path, name), code=False, opens=True)
+        )
         after_heading = True
 
     for line in lines:
@@ -407,6 +413,7 @@ def _atoms(
     """The atoms of each block: the whole block, or its lines (code) or sentences (prose)."""
     atoms: list[_Atom] = []
     for block in blocks:
+        opening = len(atoms)
         first, last = lines[block.first], lines[block.last]
         start = first.start if block.code else first.start + _indent(first.content(text))
         whole = _piece(text, start, last.end, block.cost, block.title)
@@ -423,6 +430,8 @@ def _atoms(
             for end in [*ends, last.end]:
                 atoms.extend(_sentence(text, begin, end, cost, block.title))
                 cost, begin = _SENTENCE, end
+        if block.opens and opening < len(atoms):
+            atoms[opening] = dataclasses.replace(atoms[opening], opens=True)
     return [_trimmed(text, atom) for atom in atoms]
 
 
@@ -526,8 +535,63 @@ def _title(titles: Iterable[str]) -> str:
     return "; ".join(shown)
 
 
-def split(text: str, *, name: str, kind: Format) -> list[dbdocuments.NewPassage]:
-    """The passages of one file's text; `name` (the file's name) titles untitled passages."""
+_JOINED = re.compile(r"(?<=\w)[./\\](?=[A-Za-z_])")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+_DEFINING = frozenset({"def", "class", "async"})
+_PACKAGE_FILES = frozenset({"__init__", "__main__", "index", "mod"})
+_FOLDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _expanded(match: re.Match[str]) -> str:
+    word = match.group(0)
+    parts = [part for piece in word.split("_") for part in _PART.findall(piece)]
+    if len(parts) == len([piece for piece in word.split("_") if piece]):
+        return word  # no case or digit boundary: Postgres already cuts at underscores
+    return f"{word} {' '.join(parts)}"
+
+
+def search_text(text: str) -> str:
+    """`text` as it is indexed and searched: dotted and slashed names (`json.dumps`,
+    `email/utils`) cut into their names, and each identifier with a case or digit boundary
+    followed by its parts (`DictReader Dict Reader`, `HTTPServer HTTP Server`). Postgres's
+    parser keeps `json.dumps` as one word and `DictReader` as one lexeme; snake_case it already
+    cuts at the underscores. An all-lowercase compound (`deepcopy`) is left whole."""
+    return _IDENTIFIER.sub(_expanded, _JOINED.sub(" ", text))
+
+
+def path_words(name: str, folder: str = "") -> str:
+    """The words a file's name gives its passages' title field: its stem (`gzip.py` ->
+    `gzip`) and the folder it is in (`email/utils.py` -> `email utils`); a package's
+    `__init__.py` is known by its folder (`collections`)."""
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    words = [folder] if _FOLDER.match(folder) else []
+    if stem not in _PACKAGE_FILES:
+        words.append(stem)
+    return search_text(" ".join(words))
+
+
+def _keywords(
+    titles: Sequence[str], opened: Sequence[str], *, kind: Format, name: str, place: str
+) -> str:
+    """The title field of a passage: the file's words, its titles' names, and once more the
+    names of the definitions or sections that start in it (so a definition's opening passage
+    outranks its later ones)."""
+
+    def words(part: str) -> str:
+        if kind == "python":
+            part = " ".join(w for w in _IDENTIFIER.findall(part) if w not in _DEFINING)
+        return search_text(part)
+
+    parts = [part for title in titles if title != name for part in title.split(" > ")]
+    last = [title.split(" > ")[-1] for title in opened if title != name]
+    return " ".join(filter(None, [place, *map(words, dict.fromkeys(parts)), *map(words, last)]))
+
+
+def split(text: str, *, name: str, kind: Format, folder: str = "") -> list[dbdocuments.NewPassage]:
+    """The passages of one file's text; `name` (the file's name) titles untitled passages and,
+    with `folder` (the name of the directory it is in), gives words to their title field."""
+    place = path_words(name, folder)
     lines = _lines(text)
     blocks, glued = _blocks(text, lines, name, kind)
     atoms = _atoms(text, lines, blocks, glued)
@@ -536,6 +600,9 @@ def split(text: str, *, name: str, kind: Format) -> list[dbdocuments.NewPassage]
     for position, (i, j) in enumerate(_cuts(atoms)):
         start, end = atoms[i].start, atoms[j - 1].end
         body = text[start:end]
+        titles = list(dict.fromkeys(atom.title for atom in atoms[i:j]))
+        opened = list(dict.fromkeys(atom.title for atom in atoms[i:j] if atom.opens))
+        keywords = _keywords(titles, opened, kind=kind, name=name, place=place)
         passages.append(
             dbdocuments.NewPassage(
                 position=position,
@@ -546,6 +613,9 @@ def split(text: str, *, name: str, kind: Format) -> list[dbdocuments.NewPassage]
                 line_end=bisect.bisect_right(starts, end - 1),
                 char_start=start,
                 char_end=end,
+                keywords=keywords,
+                keyword_tokens=count_tokens(keywords),
+                search_text=search_text(body),
             )
         )
     return passages
@@ -615,7 +685,10 @@ def _read(path: Path, known_sha256: str | None) -> _Read | str:
     kind = kind_of(path)
     if kind is None:
         return "not a text, Markdown or source file"
-    return _Read(sha256, split(text.removeprefix("\ufeff"), name=path.name, kind=kind))
+    passages = split(
+        text.removeprefix("\ufeff"), name=path.name, kind=kind, folder=path.parent.name
+    )
+    return _Read(sha256, passages)
 
 
 async def _read_ahead(

@@ -20,6 +20,10 @@ from appliance.db import pool as dbpool
 
 K1 = 1.2
 B = 0.75
+# The title field (file name, definition or heading names: `keywords`) counts this many times
+# a word of the text (BM25F), with its own, milder, length normalisation.
+TITLE_WEIGHT = 1.0
+TITLE_B = 0.5
 # How many ranked candidates to fetch per passage wanted: room to skip those that do not fit.
 CANDIDATES_PER_PASSAGE = 4
 EXTRA_CANDIDATES = 16
@@ -45,11 +49,13 @@ async def retrieve(
         db,
         tenant_id=tenant_id,
         collections=collections,
-        query=query,
+        query=search_query(query),
         k1=K1,
         b=B,
         max_tokens=token_budget,
         limit=top_k * CANDIDATES_PER_PASSAGE + EXTRA_CANDIDATES,
+        title_weight=TITLE_WEIGHT,
+        title_b=TITLE_B,
     )
     chosen: list[Passage] = []
     spent = 0
@@ -62,6 +68,11 @@ async def retrieve(
         if len(chosen) == top_k:
             break
     return chosen
+
+
+def search_query(query: str) -> str:
+    """The question as searched: identifiers cut like the indexed text (`documents.search_text`)."""
+    return documents.search_text(query)
 
 
 def render_passage(passage: Passage | Mapping[str, Any]) -> str:

@@ -29,6 +29,9 @@ class NewPassage:
     line_end: int
     char_start: int
     char_end: int
+    keywords: str = ""  # the title field: file name, title and definition names, their parts
+    keyword_tokens: int = 0
+    search_text: str = ""  # the text as indexed (identifiers cut into their parts)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ async def store_document(
                 [p.line_end for p in passages],
                 [p.char_start for p in passages],
                 [p.char_end for p in passages],
+                [p.keywords for p in passages],
+                [p.keyword_tokens for p in passages],
+                [p.search_text or p.text for p in passages],
             )
     return "added" if current is None else "replaced"
 
@@ -131,6 +137,8 @@ async def search_passages(
     b: float,
     max_tokens: int,
     limit: int,
+    title_weight: float = 1.0,
+    title_b: float = 0.5,
 ) -> list[Passage]:
     """The `limit` best passages by BM25 that hold any lexeme of `query`, best first.
 
@@ -138,6 +146,15 @@ async def search_passages(
     """
     with pool.translated():
         rows = await conn.fetch(
-            _Q["search_passages"], tenant_id, list(collections), query, k1, b, max_tokens, limit
+            _Q["search_passages"],
+            tenant_id,
+            list(collections),
+            query,
+            k1,
+            b,
+            max_tokens,
+            limit,
+            title_weight,
+            title_b,
         )
     return [Passage(**pool.record_dict(row)) for row in rows]

@@ -250,11 +250,14 @@ WITH actual AS (
     SELECT c.collection
       FROM appliance.collections c
            CROSS JOIN LATERAL (
-               SELECT count(*) AS passages, coalesce(sum(p.tokens), 0) AS tokens
+               SELECT count(*) AS passages, coalesce(sum(p.tokens), 0) AS tokens,
+                      coalesce(sum(p.keyword_tokens), 0) AS keyword_tokens
                  FROM appliance.passages p
                 WHERE p.tenant_id = c.tenant_id AND p.collection = c.collection
            ) AS a
-     WHERE c.tenant_id = $1 AND (c.passages <> a.passages OR c.tokens <> a.tokens)
+     WHERE c.tenant_id = $1
+       AND (c.passages <> a.passages OR c.tokens <> a.tokens
+            OR c.keyword_tokens <> a.keyword_tokens)
 )
 SELECT (SELECT count(*) FROM (SELECT * FROM actual EXCEPT SELECT * FROM kept) a)
      + (SELECT count(*) FROM (SELECT * FROM kept EXCEPT SELECT * FROM actual) k)
@@ -479,6 +482,36 @@ class TestRetrieve:
 
         assert found[0].source == source_of(root / file_name)
         assert phrase in " ".join(found[0].text.split())
+
+    async def test_a_camel_case_name_is_found_by_its_words(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """`DictReader` is indexed with its parts, so "dict reader" finds its definition."""
+        root = await handbook(db, tmp_path)
+        code = write(
+            tmp_path / "code",
+            "rows.py",
+            'class DictReader:\n    """Rows as mappings keyed by the header."""\n\n'
+            "    def __init__(self, f):\n        self.f = f\n",
+        )
+        await ingest(db, [root, code])
+
+        found = await ask(db, "dict reader")
+
+        assert [p.source for p in found] == [source_of(code)]
+        assert found[0].title.startswith("class DictReader")
+
+    async def test_a_file_name_match_ranks_that_files_passage_first(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """A question naming a file (its stem or its folder) finds that file's passage first,
+        though the word is nowhere in the file's text."""
+        root = await handbook(db, tmp_path)
+        other = write(tmp_path / "extra", "archive/zanzibar.md", "# Notes\n\nSnapshots kept.\n")
+        await ingest(db, [root, other])
+
+        assert (await ask(db, "zanzibar snapshots kept"))[0].source == source_of(other)
+        assert (await ask(db, "archive snapshots kept"))[0].source == source_of(other)
 
     async def test_answers_are_passages_not_whole_files(
         self, db: dbpool.Pool, tmp_path: Path

@@ -181,6 +181,52 @@ class TestPlacement:
         assert [p.char_start for p in passages] == sorted(p.char_start for p in passages)
 
 
+class TestSearchText:
+    @pytest.mark.parametrize(
+        ("text", "indexed"),
+        [
+            ("DictReader", "DictReader Dict Reader"),
+            ("HTTPServer", "HTTPServer HTTP Server"),
+            ("getLogger", "getLogger get Logger"),
+            ("a85encode", "a85encode a 85 encode"),
+            ("json.dumps(x)", "json dumps(x)"),
+            ("email/utils", "email utils"),
+            ("get_close_matches", "get_close_matches"),  # Postgres cuts at underscores
+            ("deepcopy", "deepcopy"),  # an all-lowercase compound is left whole
+            ("version 3.11", "version 3.11"),
+        ],
+    )
+    def test_identifiers_are_indexed_with_their_parts(self, text: str, indexed: str) -> None:
+        assert documents.search_text(text) == indexed
+
+    @pytest.mark.parametrize(
+        ("name", "folder", "words"),
+        [
+            ("gzip.py", "python3.11", "gzip"),
+            ("utils.py", "email", "email utils"),
+            ("__init__.py", "collections", "collections"),
+            ("README", "", "README"),
+        ],
+    )
+    def test_a_file_is_known_by_its_name_and_folder(
+        self, name: str, folder: str, words: str
+    ) -> None:
+        assert documents.path_words(name, folder) == words
+
+    def test_keywords_hold_the_file_and_the_definitions(self) -> None:
+        """The title field names the file and the definitions; the definition that starts in
+        a passage is named twice, a later piece of it once."""
+        source = function("readRows", 120)
+
+        passages = documents.split(source, name="tables.py", kind="python", folder="csvkit")
+
+        assert len(passages) > 1
+        assert passages[0].keywords == "csvkit tables readRows read Rows readRows read Rows"
+        assert passages[1].keywords == "csvkit tables readRows read Rows"
+        assert passages[0].keyword_tokens == documents.count_tokens(passages[0].keywords)
+        assert passages[0].search_text == documents.search_text(passages[0].text)
+
+
 class TestPython:
     def test_top_level_definitions_start_passages(self) -> None:
         """Each function large enough to stand alone is its own passage, titled by it."""

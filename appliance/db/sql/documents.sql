@@ -20,7 +20,7 @@ SELECT document_id, sha256
 -- Delete document $1's passages, taking their lexemes and tokens off the collection's statistics.
 WITH gone AS (
     DELETE FROM appliance.passages p WHERE p.document_id = $1
-    RETURNING p.tenant_id, p.collection, p.tokens, p.tsv
+    RETURNING p.tenant_id, p.collection, p.tokens, p.keyword_tokens, p.tsv
 ), counted AS (
     SELECT g.tenant_id, g.collection, u.lexeme, count(*)::integer AS n
       FROM gone g CROSS JOIN LATERAL unnest(tsvector_to_array(g.tsv)) AS u (lexeme)
@@ -35,10 +35,13 @@ WITH gone AS (
      WHERE t.tenant_id = k.tenant_id AND t.collection = k.collection AND t.lexeme = k.lexeme
        AND t.passages > k.n
 ), totals AS (
-    SELECT g.tenant_id, g.collection, count(*) AS n, sum(g.tokens) AS tokens
+    SELECT g.tenant_id, g.collection, count(*) AS n, sum(g.tokens) AS tokens,
+           sum(g.keyword_tokens) AS keyword_tokens
       FROM gone g GROUP BY g.tenant_id, g.collection
 ), stats AS (
-    UPDATE appliance.collections c SET passages = c.passages - s.n, tokens = c.tokens - s.tokens
+    UPDATE appliance.collections c
+       SET passages = c.passages - s.n, tokens = c.tokens - s.tokens,
+           keyword_tokens = c.keyword_tokens - s.keyword_tokens
       FROM totals s
      WHERE c.tenant_id = s.tenant_id AND c.collection = s.collection
 )
@@ -53,16 +56,23 @@ DO UPDATE SET sha256 = excluded.sha256, ingested_at = now()
 RETURNING d.document_id;
 
 -- name: insert_passages
--- Insert document $3's passages (arrays $4..$11, one element per passage) and add their lexemes and tokens to the statistics.
+-- Insert document $3's passages (arrays $4..$14, one element per passage) and add their lexemes and tokens to the statistics.
+-- The passage's lexemes are those of its keywords ($12, the title field) and of its text as
+-- indexed ($14, identifiers cut into their parts); the keywords' alone are the title field's.
 WITH added AS (
     INSERT INTO appliance.passages (tenant_id, collection, document_id, position, title, text,
-                                    tokens, line_start, line_end, char_start, char_end)
+                                    tokens, line_start, line_end, char_start, char_end,
+                                    keyword_tokens, tsv, keyword_tsv)
     SELECT $1, $2, $3, u.position, u.title, u.text, u.tokens, u.line_start, u.line_end,
-           u.char_start, u.char_end
+           u.char_start, u.char_end, u.keyword_tokens,
+           to_tsvector('english'::regconfig, u.keywords || E'\n' || u.indexed),
+           to_tsvector('english'::regconfig, u.keywords)
       FROM unnest($4::integer[], $5::text[], $6::text[], $7::integer[], $8::integer[],
-                  $9::integer[], $10::integer[], $11::integer[])
-           AS u (position, title, text, tokens, line_start, line_end, char_start, char_end)
-    RETURNING tokens, tsv
+                  $9::integer[], $10::integer[], $11::integer[], $12::text[], $13::integer[],
+                  $14::text[])
+           AS u (position, title, text, tokens, line_start, line_end, char_start, char_end,
+                 keywords, keyword_tokens, indexed)
+    RETURNING tokens, keyword_tokens, tsv
 ), counted AS (
     SELECT u.lexeme, count(*)::integer AS n
       FROM added a CROSS JOIN LATERAL unnest(tsvector_to_array(a.tsv)) AS u (lexeme)
@@ -74,7 +84,9 @@ WITH added AS (
 ), stats AS (
     UPDATE appliance.collections c
        SET passages = c.passages + (SELECT count(*) FROM added),
-           tokens = c.tokens + (SELECT coalesce(sum(a.tokens), 0) FROM added a)
+           tokens = c.tokens + (SELECT coalesce(sum(a.tokens), 0) FROM added a),
+           keyword_tokens = c.keyword_tokens
+                            + (SELECT coalesce(sum(a.keyword_tokens), 0) FROM added a)
      WHERE c.tenant_id = $1 AND c.collection = $2
 )
 SELECT count(*) FROM added;
@@ -89,7 +101,10 @@ SELECT c.collection, c.passages, c.tokens,
  ORDER BY c.collection;
 
 -- name: search_passages
--- BM25 (k1 $4, b $5) of tenant $1's passages in collections $2 holding any lexeme of query $3; the best $7 of at most $6 tokens.
+-- BM25F (k1 $4, b $5; title field weight $8 and b $9) of tenant $1's passages in collections $2 holding any lexeme of query $3; the best $7 of at most $6 tokens.
+-- A lexeme's term frequency is its count in the text, normalised by the passage's length,
+-- plus $8 times its count in the title field (keywords), normalised by the keywords' length;
+-- then saturated once: idf * tf * (k1 + 1) / (tf + k1).
 -- Each step is materialized so that the passages are scanned once, through the GIN index; the
 -- document frequencies are read by one index probe per query lexeme, whatever the statistics.
 WITH query AS MATERIALIZED (
@@ -97,7 +112,8 @@ WITH query AS MATERIALIZED (
            tsvector_to_array(to_tsvector('english'::regconfig, $3)) AS lexemes
 ), corpus AS MATERIALIZED (
     SELECT sum(c.passages)::float8 AS n,
-           sum(c.tokens)::float8 / nullif(sum(c.passages), 0) AS avgdl
+           sum(c.tokens)::float8 / nullif(sum(c.passages), 0) AS avgdl,
+           sum(c.keyword_tokens)::float8 / nullif(sum(c.passages), 0) AS avgkl
       FROM appliance.collections c
      WHERE c.tenant_id = $1 AND c.collection = ANY ($2::text[])
 ), terms AS MATERIALIZED (
@@ -112,20 +128,29 @@ WITH query AS MATERIALIZED (
            CROSS JOIN corpus k
      WHERE f.df IS NOT NULL
 ), candidates AS MATERIALIZED (
-    SELECT p.passage_id, p.tokens,
-           ts_filter(setweight(p.tsv, 'A', q.lexemes), '{a}') AS matched
+    SELECT p.passage_id, p.tokens, p.keyword_tokens,
+           ts_filter(setweight(p.tsv, 'A', q.lexemes), '{a}') AS matched,
+           ts_filter(setweight(p.keyword_tsv, 'A', q.lexemes), '{a}') AS keyword_matched
       FROM query q
            JOIN appliance.passages p ON p.tsv @@ q.tsq
      WHERE p.tenant_id = $1 AND p.collection = ANY ($2::text[]) AND p.tokens <= $6
 ), scored AS (
-    SELECT c.passage_id,
-           sum(t.idf * cardinality(m.positions) * ($4::float8 + 1)
-               / (cardinality(m.positions)
-                  + $4::float8 * (1 - $5::float8 + $5::float8 * c.tokens / k.avgdl))) AS score
+    SELECT c.passage_id, sum(t.idf * f.tf * ($4::float8 + 1) / (f.tf + $4::float8)) AS score
       FROM candidates c
-           CROSS JOIN LATERAL unnest(c.matched) AS m (lexeme, positions, weights)
-           JOIN terms t ON t.lexeme = m.lexeme
            CROSS JOIN corpus k
+           CROSS JOIN LATERAL (
+               SELECT m.lexeme,
+                      cardinality(m.positions)
+                      / (1 - $5::float8 + $5::float8 * c.tokens / k.avgdl)
+                      + coalesce($8::float8 * cardinality(w.positions)
+                                 / (1 - $9::float8
+                                    + $9::float8 * c.keyword_tokens / nullif(k.avgkl, 0)),
+                                 0) AS tf
+                 FROM unnest(c.matched) AS m (lexeme, positions, weights)
+                      LEFT JOIN unnest(c.keyword_matched) AS w (lexeme, positions, weights)
+                             ON w.lexeme = m.lexeme
+           ) AS f
+           JOIN terms t ON t.lexeme = f.lexeme
      GROUP BY c.passage_id
      ORDER BY score DESC, c.passage_id
      LIMIT $7
