@@ -1,0 +1,1 @@
+"""The tailnet: the `tailscale` CLI wrapper and the exposure gate."""
