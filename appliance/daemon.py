@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -27,6 +28,9 @@ from appliance.db import connection, migrations
 from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
 from appliance.engine import registry, submission, worker
+from appliance.ingress import intake as ingress_intake
+from appliance.ingress import webhooks
+from appliance.mesh import exposure, listeners, tailscale
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ class Options:
     migrate: bool = True
     demo_folder: Path | None = None
     until_idle: bool = False
+    local: bool = False
 
 
 def sd_notify(message: str) -> None:
@@ -57,10 +62,20 @@ async def run(config: settings.Settings, options: Options) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     readiness = health.Readiness()
-    runner = web.AppRunner(health.build_app(readiness), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.health.host, config.health.port)
-    await site.start()
+    host = "127.0.0.1" if options.local else config.health.host
+    mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
+    public_ports = [config.ingress.port] if config.ingress.enabled else []
+    console = None
+    if config.mode != "worker":  # a VPC worker listens on nothing
+        console = listeners.Console(
+            health.build_app(readiness),
+            host=host,
+            port=config.health.port,
+            policy=listeners.policy_of(config, public_ports),
+            mesh=mesh,
+            on_waiting=lambda reason: sd_notify(f"STATUS={reason}"),
+        )
+        await console.start()
     try:
         async with connection.open_database(config, start_cluster=True) as db:
             await _prepare_schema(db, options, readiness)
@@ -70,16 +85,27 @@ async def run(config: settings.Settings, options: Options) -> int:
                 db=db,
                 readiness=readiness,
                 stop=stop,
-                port=_bound_port(runner),
+                console=console,
             )
     finally:
-        await runner.cleanup()
+        if console is not None:
+            await console.close()
 
 
-def _bound_port(runner: web.AppRunner) -> int:
-    for address in runner.addresses:
-        return int(address[1])
-    return 0
+async def _until_bound(console: listeners.Console | None, stop: asyncio.Event) -> None:
+    """Readiness waits for the console's listener (the tailnet may come up later)."""
+    if console is None:
+        return
+    bound = asyncio.create_task(console.bound.wait())
+    stopped = asyncio.create_task(stop.wait())
+    waits: list[asyncio.Future[Any]] = [bound, stopped, console.failed]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        bound.cancel()
+        stopped.cancel()
+    if console.failed.done():
+        console.failed.result()
 
 
 async def _prepare_schema(
@@ -107,9 +133,73 @@ async def _serve(
     db: connection.Database,
     readiness: health.Readiness,
     stop: asyncio.Event,
-    port: int,
+    console: listeners.Console | None,
 ) -> int:
     model = agent_client.ModelClient(config.model) if config.model.api_key else None
+    engine_health = worker.Health()
+    background = [
+        asyncio.create_task(_watch_database(config, db, readiness, engine_health), name="db.watch")
+    ]
+    work: worker.Worker | None = None
+    relay: outbox.Relay | None = None
+    if config.mode != "ingress":
+        work = _worker(config, db, model, engine_health)
+        relay = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
+        background.append(asyncio.create_task(work.run(), name="engine.worker"))
+        background.append(asyncio.create_task(relay.run(), name="outbox.relay"))
+        await work.started.wait()
+    public = await _start_ingress(config, db, console)
+    await _until_bound(console, stop)
+    log.info(
+        "ready: %s mode, node %s, health on %s",
+        config.mode,
+        config.engine.node_name,
+        ", ".join(f"http://{a}/readyz" for a in console.addresses) if console else "(none)",
+        extra={
+            "event": "daemon.ready",
+            "health_port": console.port if console else 0,
+            "ingress_port": public.port if public else 0,
+            "worker": work.worker_id if work else None,
+        },
+    )
+    sd_notify("READY=1")
+    if options.demo_folder is not None:
+        demo_task = await _submit_demo(db, config, options.demo_folder)
+        background.append(asyncio.create_task(_report_demo(db, demo_task, stop)))
+    if options.until_idle:
+        background.append(asyncio.create_task(_stop_when_idle(db, stop)))
+    stopping = asyncio.create_task(stop.wait())
+    ends: list[asyncio.Future[Any]] = [stopping]
+    if console is not None:
+        ends.append(console.failed)
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    sd_notify("STOPPING=1")
+    log.info("stopping", extra={"event": "daemon.stopping"})
+    readiness.draining = True
+    if public is not None:
+        await public.close()
+    if work is not None and relay is not None:
+        await work.stop(config.engine.shutdown_grace_seconds)
+        await relay.stop()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    if model is not None:
+        await model.close()
+    log.info("stopped", extra={"event": "daemon.stopped"})
+    if console is not None and console.failed.done():
+        console.failed.result()  # the gate's ExposureError: exit 78
+    return 0
+
+
+def _worker(
+    config: settings.Settings,
+    db: connection.Database,
+    model: agent_client.ModelClient | None,
+    engine_health: worker.Health,
+) -> worker.Worker:
+    """The engine's worker; agent tasks only where a model key is configured."""
     services = {}
     workflows = registry.registry
     if model is not None:
@@ -120,40 +210,69 @@ async def _serve(
             "model.api_key is not set: agent tasks stay queued for a daemon that has one",
             extra={"event": "agents.disabled"},
         )
-    work = worker.Worker(db.pool, db.dsn, config.engine, workflows, services=services)
-    relay = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
-    background = [
-        asyncio.create_task(work.run(), name="engine.worker"),
-        asyncio.create_task(relay.run(), name="outbox.relay"),
-        asyncio.create_task(_watch_database(config, db, readiness, work.health), name="db.watch"),
-    ]
-    await work.started.wait()
-    log.info(
-        "ready: node %s, health on http://%s:%d/readyz",
-        work.node,
-        config.health.host,
-        port,
-        extra={"event": "daemon.ready", "health_port": port, "worker": work.worker_id},
+    return worker.Worker(
+        db.pool, db.dsn, config.engine, workflows, health=engine_health, services=services
     )
-    sd_notify("READY=1")
-    if options.demo_folder is not None:
-        demo_task = await _submit_demo(db, config, options.demo_folder)
-        background.append(asyncio.create_task(_report_demo(db, demo_task, stop)))
-    if options.until_idle:
-        background.append(asyncio.create_task(_stop_when_idle(db, stop)))
-    await stop.wait()
-    sd_notify("STOPPING=1")
-    log.info("stopping", extra={"event": "daemon.stopping"})
-    readiness.draining = True
-    await work.stop(config.engine.shutdown_grace_seconds)
-    await relay.stop()
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
-    if model is not None:
-        await model.close()
-    log.info("stopped", extra={"event": "daemon.stopped"})
-    return 0
+
+
+@dataclasses.dataclass
+class _Public:
+    """The public webhook listener and the intake behind it."""
+
+    runner: web.AppRunner
+    intake: ingress_intake.DurableIntake
+
+    @property
+    def port(self) -> int:
+        for address in self.runner.addresses:
+            return int(address[1])
+        return 0
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        await self.intake.close()
+
+
+async def _start_ingress(
+    config: settings.Settings, db: connection.Database, console: listeners.Console | None
+) -> _Public | None:
+    """The one public port, then the exposure gate over everything this process listens on."""
+    if not config.ingress.enabled:
+        if config.mode == "ingress":
+            raise errors.ConfigError(
+                "mode = 'ingress' serves only the webhook port: set ingress.enabled and sources"
+            )
+        exposure.gate_own_sockets(listeners.policy_of(config))
+        return None
+    intake = ingress_intake.DurableIntake(db.pool, registry.registry, config.engine)
+    intake.check(config.ingress.sources)
+    runner = web.AppRunner(webhooks.build_app(config.ingress, intake), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.ingress.host, config.ingress.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        await intake.close()
+        raise errors.ConfigError(
+            f"ingress: cannot listen on {config.ingress.host}:{config.ingress.port}: {exc.strerror}"
+        ) from exc
+    public = _Public(runner, intake)
+    policy = listeners.policy_of(config, [public.port])
+    if console is not None:
+        console.policy = policy
+    try:
+        exposure.gate_own_sockets(policy)
+    except errors.ConfigError:
+        await public.close()
+        raise
+    log.info(
+        "webhooks on %s:%d (%d source(s))",
+        config.ingress.host,
+        public.port,
+        len(config.ingress.sources),
+        extra={"event": "ingress.listening", "port": public.port},
+    )
+    return public
 
 
 async def _watch_database(

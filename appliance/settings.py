@@ -20,8 +20,11 @@ from typing import Any, Literal
 import pydantic
 
 from appliance import errors
+from appliance.ingress import signatures
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
+MEBIBYTE = 1024 * 1024
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_PREFIX = "APPLIANCE_"
 
 
@@ -125,14 +128,45 @@ class OutboxSettings(_Section):
         return self
 
 
+TAILNET = "tailnet"
+
+
 class HealthSettings(_Section):
     host: str = pydantic.Field(
-        default="127.0.0.1", description="address of /healthz and /readyz (tailnet address later)"
+        default=TAILNET,
+        description="where /healthz and /readyz listen: 'tailnet' = this node's tailnet "
+        "addresses only; an address (127.0.0.1 for development, or `run --local`) = just that",
     )
     port: int = pydantic.Field(default=8470, ge=0, le=65535, description="0 picks a free port")
     db_check_seconds: float = pydantic.Field(
         default=0.25, gt=0, description="how often readiness checks Postgres"
     )
+
+
+class MeshSettings(_Section):
+    tailscale: str = pydantic.Field(default="tailscale", description="the tailscale CLI")
+    hostname: str | None = pydantic.Field(
+        default=None, description="the node's tailnet name (default: engine.node_name)"
+    )
+    advertise_tags: tuple[str, ...] = pydantic.Field(
+        default=(), description="ACL tags the node advertises when it joins (tag:...)"
+    )
+    allowed: tuple[str, ...] = pydantic.Field(
+        default=("udp/41641",),
+        description="wildcard sockets the exposure gate allows besides the public ingress port",
+    )
+    command_timeout_seconds: float = pydantic.Field(
+        default=10.0, gt=0, description="timeout of each tailscale CLI call"
+    )
+
+    @pydantic.field_validator("allowed")
+    @classmethod
+    def _protocol_port(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            protocol, _, port = entry.partition("/")
+            if protocol not in ("tcp", "udp") or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{entry!r} is not protocol/port (tcp/443, udp/41641)")
+        return value
 
 
 class ModelSettings(_Section):
@@ -160,6 +194,65 @@ class LogSettings(_Section):
     )
 
 
+class Source(_Section):
+    """One sender of webhooks to one tenant, at `/hooks/<tenant>/<name>`."""
+
+    tenant: str = pydantic.Field(pattern=_NAME, description="the tenant its tasks belong to")
+    name: str = pydantic.Field(pattern=_NAME, description="the last part of its URL path")
+    scheme: Literal["standard", "github", "stripe"] = pydantic.Field(
+        default="standard", description="how the sender signs (Standard Webhooks by default)"
+    )
+    secrets: tuple[pydantic.SecretStr, ...] = pydantic.Field(
+        min_length=1, description="signing secrets; several while one is rotated"
+    )
+    workflow: str = pydantic.Field(min_length=1, description="the workflow a delivery starts")
+    max_body_bytes: int = pydantic.Field(
+        default=MEBIBYTE, ge=1, le=64 * MEBIBYTE, description="largest body accepted"
+    )
+    rate_limit_per_minute: int = pydantic.Field(
+        default=600, ge=1, description="verified deliveries accepted per minute (per process)"
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _secrets_fit_the_scheme(self) -> Source:
+        try:
+            self.verifier()
+        except errors.ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    def verifier(self) -> signatures.Scheme:
+        """The scheme's verifier over this source's secrets."""
+        return signatures.scheme(self.scheme, [s.get_secret_value() for s in self.secrets])
+
+
+class IngressSettings(_Section):
+    """The public webhook listener and its sources (`[ingress]` in the config file)."""
+
+    enabled: bool = pydantic.Field(default=False, description="serve the public webhook port")
+    host: str = pydantic.Field(
+        default="0.0.0.0",  # noqa: S104 - the one public port, declared to the exposure gate
+        description="address of the public webhook port",
+    )
+    port: int = pydantic.Field(default=8471, ge=0, le=65535, description="0 picks a free port")
+    enqueue_timeout_seconds: float = pydantic.Field(
+        default=10.0, gt=0, description="a delivery Postgres has not taken by then is 503"
+    )
+    sources: tuple[Source, ...] = pydantic.Field(
+        default=(), description="the senders, each at /hooks/<tenant>/<name>"
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _unique_sources(self) -> IngressSettings:
+        seen: set[tuple[str, str]] = set()
+        for source in self.sources:
+            key = (source.tenant, source.name)
+            if key in seen:
+                raise ValueError(f"source {source.name!r} of tenant {source.tenant!r} is twice")
+            seen.add(key)
+        return self
+
+
 class Settings(_Section):
     mode: Literal["edge", "worker", "ingress"] = pydantic.Field(
         default="edge", description="deployment shape (DESIGN.md)"
@@ -176,6 +269,8 @@ class Settings(_Section):
     outbox: OutboxSettings = pydantic.Field(default_factory=OutboxSettings)
     health: HealthSettings = pydantic.Field(default_factory=HealthSettings)
     model: ModelSettings = pydantic.Field(default_factory=ModelSettings)
+    mesh: MeshSettings = pydantic.Field(default_factory=MeshSettings)
+    ingress: IngressSettings = pydantic.Field(default_factory=IngressSettings)
     log: LogSettings = pydantic.Field(default_factory=LogSettings)
 
     @property

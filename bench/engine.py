@@ -169,6 +169,7 @@ async def resume_after_restart(dsn: str, held: int) -> float:
         "APPLIANCE_ENGINE__TENANT_CONCURRENCY": str(held + 4),
         "APPLIANCE_ENGINE__WORKFLOW_MODULES": '["bench.workflows"]',
         "APPLIANCE_HEALTH__PORT": "0",
+        "APPLIANCE_HEALTH__HOST": "127.0.0.1",
         "APPLIANCE_OUTBOX__SINKS": '["file"]',
         "APPLIANCE_OUTBOX__FILE_PATH": str(folder / "events.jsonl"),
         "APPLIANCE_STATE_DIR": str(folder),

@@ -48,7 +48,11 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
             actor=output.actor(),
         )
         where = f"embedded cluster in {db.cluster.data_dir}" if db.cluster else "configured server"
+    tailnet = None
+    if args.tailnet_auth_key_file is not None:
+        tailnet = await _join_tailnet(config, args.tailnet_auth_key_file)
     result: dict[str, Any] = {
+        "tailnet": tailnet,
         "config": str(args.config_path),
         "state_dir": str(config.state_dir),
         "database": where,
@@ -64,7 +68,41 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         output.out(f"database      {where}")
         output.out(f"migrations    {', '.join(result['migrations_applied']) or 'up to date'}")
         output.out(f"tenant        {config.default_tenant} ({'created' if created else 'exists'})")
+        if tailnet is not None:
+            output.out(f"tailnet       {tailnet['state']} as {tailnet['name']} {tailnet['ips']}")
     return 0
+
+
+async def cmd_exposure_check(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Every listening socket of the box against the exposure policy (for install scripts)."""
+    from appliance.mesh import exposure, listeners
+
+    public = [config.ingress.port] if config.ingress.enabled else []
+    passed, text = exposure.run_check(listeners.policy_of(config, public), box_wide=True)
+    output.out(text)
+    if not passed:
+        raise errors.ConfigError(
+            "exposure gate failed: a socket listens on a wildcard address other than the public "
+            "webhook port; bind it to the tailnet address or 127.0.0.1"
+        )
+    return 0
+
+
+async def _join_tailnet(config: settings.Settings, key_file: Path) -> dict[str, Any]:
+    """First run: `tailscale up` with the key file (the key never reaches argv); later: `set`."""
+    from appliance.mesh import tailscale
+
+    mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
+    status = await mesh.join(
+        auth_key_file=key_file,
+        hostname=config.mesh.hostname or config.engine.node_name,
+        advertise_tags=config.mesh.advertise_tags,
+    )
+    return {
+        "state": status.backend_state,
+        "name": status.dns_name,
+        "ips": [str(i) for i in status.ips],
+    }
 
 
 async def cmd_run(args: argparse.Namespace, config: settings.Settings) -> int:
@@ -78,6 +116,7 @@ async def cmd_run(args: argparse.Namespace, config: settings.Settings) -> int:
         migrate=config.database.migrate_on_start and not args.no_migrate,
         demo_folder=demo_folder,
         until_idle=args.until_idle,
+        local=args.local,
     )
     return await daemon.run(config, options)
 
@@ -402,8 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate, add the default tenant",
     )
     init.add_argument("--state-dir", type=Path, help="state directory written into a new config")
+    init.add_argument(
+        "--tailnet-auth-key-file",
+        type=Path,
+        help="join the tailnet with this auth key (first run: tailscale up; later: set)",
+    )
+    add("exposure-check", cmd_exposure_check, "fail if anything but the webhook port is public")
     run = add("run", cmd_run, "run the daemon")
     run.add_argument("--no-migrate", action="store_true", help="do not migrate at start")
+    run.add_argument(
+        "--local",
+        action="store_true",
+        help="development: the console listens on 127.0.0.1, not on the tailnet addresses",
+    )
     run.add_argument(
         "--demo",
         nargs="?",

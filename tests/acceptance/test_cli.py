@@ -116,7 +116,10 @@ class TestRun:
     async def test_run_against_an_unreachable_database_exits_69(self, tmp_path: Path) -> None:
         """The daemon does not start without Postgres, and says where it looked."""
         result = await daemon.cli(
-            "run", folder=tmp_path, dsn=UNREACHABLE_DSN, overrides={"health.port": 0}
+            "run",
+            folder=tmp_path,
+            dsn=UNREACHABLE_DSN,
+            overrides={"health.port": 0, "health.host": "127.0.0.1", "log.level": "WARNING"},
         )
         assert_clean_error(result, 69, "127.0.0.1:1")
 
@@ -128,7 +131,12 @@ class TestRun:
             "run",
             folder=tmp_path,
             dsn=database_dsn,
-            overrides={"health.port": 0, "engine.workflow_modules": ["no_such_module"]},
+            overrides={
+                "health.port": 0,
+                "health.host": "127.0.0.1",
+                "log.level": "WARNING",
+                "engine.workflow_modules": ["no_such_module"],
+            },
         )
         assert_clean_error(result, 78, "no_such_module")
 

@@ -210,6 +210,7 @@ async def start(
     settings: dict[str, Any] = {
         "engine.node_name": node,
         "health.port": 0,
+        "health.host": "127.0.0.1",
         "log.format": "json",
         "log.level": "INFO",
         "outbox.sinks": ["file"],

@@ -1,0 +1,11 @@
+"""Ingress: what starts tasks from outside.
+
+`webhooks` is the public endpoint (it never touches the database), `signatures` the verification
+schemes, `intake` turns verified deliveries into tasks. The daemon composes them:
+
+    intake = intake.DurableIntake(pool, registry.registry, config.engine)
+    intake.check(config.ingress.sources)           # every source names a registered workflow
+    app = webhooks.build_app(config.ingress, intake)
+    ...                                            # serve it; on shutdown, after the listener:
+    await intake.close()                           # before the pool closes
+"""
