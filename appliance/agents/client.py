@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from appliance import errors, settings
+
+if TYPE_CHECKING:
+    import anthropic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,14 +27,20 @@ class Reply:
 
 
 class ModelClient:
-    """One SDK client per daemon (it pools its connections)."""
+    """One SDK client per daemon (it pools its connections).
+
+    The SDK is imported here, not at module level: it takes ~0.7 s, which a daemon without a
+    model key (or a restart that must resume its tasks within a second) should not pay.
+    """
 
     def __init__(self, config: settings.ModelSettings) -> None:
+        import anthropic
+
         if config.api_key is None:
             raise errors.ConfigError(
                 "model.api_key is not set (APPLIANCE_MODEL__API_KEY or [model] api_key)"
             )
-        self._client = anthropic.AsyncAnthropic(
+        self._client: anthropic.AsyncAnthropic = anthropic.AsyncAnthropic(
             api_key=config.api_key.get_secret_value(),
             base_url=config.base_url,
             max_retries=config.max_retries,
@@ -42,6 +49,8 @@ class ModelClient:
 
     async def create(self, params: dict[str, Any]) -> Reply:
         """One Messages API call (after the SDK's retries)."""
+        import anthropic
+
         started = time.perf_counter()
         try:
             message = await self._client.messages.create(**params)
