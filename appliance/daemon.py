@@ -29,7 +29,7 @@ from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
 from appliance.engine import registry, submission, worker
 from appliance.ingress import intake as ingress_intake
-from appliance.ingress import webhooks
+from appliance.ingress import watch, webhooks
 from appliance.mesh import exposure, listeners, tailscale
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,10 @@ async def _serve(
         background.append(asyncio.create_task(work.run(), name="engine.worker"))
         background.append(asyncio.create_task(relay.run(), name="outbox.relay"))
         await work.started.wait()
+    watcher: watch.Watcher | None = None
+    if config.watches and config.mode == "edge":
+        watcher = watch.Watcher(db.pool, registry.registry, config.engine, config.watches)
+        await watcher.start()
     public = await _start_ingress(config, db, console)
     await _until_bound(console, stop)
     log.info(
@@ -179,6 +183,8 @@ async def _serve(
     readiness.draining = True
     if public is not None:
         await public.close()
+    if watcher is not None:
+        await watcher.stop()
     if work is not None and relay is not None:
         await work.stop(config.engine.shutdown_grace_seconds)
         await relay.stop()

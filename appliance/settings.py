@@ -253,6 +253,21 @@ class IngressSettings(_Section):
         return self
 
 
+class Watch(_Section):
+    """One watched folder: files matching `patterns` start `workflow` for `tenant`."""
+
+    path: Path = pydantic.Field(description="the folder to watch")
+    patterns: tuple[str, ...] = pydantic.Field(
+        default=("*",), description="fnmatch patterns of file paths relative to the folder"
+    )
+    workflow: str = pydantic.Field(description="the workflow each settled file starts")
+    tenant: str = pydantic.Field(default="default", description="the tenant the tasks belong to")
+    recursive: bool = pydantic.Field(default=True, description="watch sub-folders too")
+    settle_seconds: float = pydantic.Field(
+        default=1.0, gt=0, description="a file fires once it saw no change for this long"
+    )
+
+
 class Settings(_Section):
     mode: Literal["edge", "worker", "ingress"] = pydantic.Field(
         default="edge", description="deployment shape (DESIGN.md)"
@@ -271,6 +286,9 @@ class Settings(_Section):
     model: ModelSettings = pydantic.Field(default_factory=ModelSettings)
     mesh: MeshSettings = pydantic.Field(default_factory=MeshSettings)
     ingress: IngressSettings = pydantic.Field(default_factory=IngressSettings)
+    watches: tuple[Watch, ...] = pydantic.Field(
+        default=(), description="local folders whose new or changed files start tasks"
+    )
     log: LogSettings = pydantic.Field(default_factory=LogSettings)
 
     @property

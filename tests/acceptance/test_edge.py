@@ -197,3 +197,54 @@ class TestTailnetOnly:
         assert [line.split()[2] for line in webhook] == [f"0.0.0.0:{INGRESS_PORT}"]
         assert "declared public" in webhook[0]
         assert "127.0.0.1" not in report
+
+
+class TestWatchedFolder:
+    async def test_a_dropped_file_starts_one_task_across_a_restart(
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """A settled file starts one task; a restart adds none for it but catches up a new one."""
+        await workflows.create_step_runs(db)
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        overrides = {
+            "watches": [
+                {
+                    "path": str(inbox),
+                    "patterns": ["*.csv"],
+                    "workflow": workflows.COUNTED,
+                    "settle_seconds": 0.2,
+                }
+            ]
+        }
+
+        async def tasks_for(name: str) -> list[int]:
+            return [
+                t.task_id
+                for t in await dbtasks.list_tasks(db)
+                if str(t.input.get("path", "")).endswith(name)
+            ]
+
+        async with daemon.running(
+            database_dsn, tmp_path, name="first", overrides=overrides
+        ) as first:
+            (inbox / "a.csv").write_text("id,amount\n1,20\n")
+            (inbox / "notes.txt").write_text("not a csv")
+
+            async def one_task() -> bool:
+                return len(await tasks_for("a.csv")) == 1
+
+            await daemon.wait_until(one_task, what="a.csv's task", daemons=[first])
+        (inbox / "b.csv").write_text("id,amount\n2,30\n")
+        async with daemon.running(
+            database_dsn, tmp_path, name="second", overrides=overrides
+        ) as second:
+
+            async def caught_up() -> bool:
+                return len(await tasks_for("b.csv")) == 1
+
+            await daemon.wait_until(caught_up, what="b.csv caught up", daemons=[second])
+            await second.wait_for_log("watch.caught_up")
+
+        assert len(await tasks_for("a.csv")) == 1
+        assert await tasks_for("notes.txt") == []
