@@ -171,7 +171,7 @@ async def cmd_doctor(args: argparse.Namespace, config: settings.Settings) -> int
 
     checks = await doctor.run_checks(config)
     if args.json:
-        output.emit_json([c.__dict__ for c in checks])
+        output.emit_json([output.fields(c) for c in checks])
     else:
         for check in checks:
             mark = "ok  " if check.ok else "FAIL"
@@ -253,7 +253,7 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
         attempts = await dbtasks.list_attempts(db.pool, args.task_id)
     if args.json:
         data = _task_dict(task)
-        data["steps"] = [s.__dict__ if hasattr(s, "__dict__") else output.fields(s) for s in steps]
+        data["steps"] = [output.fields(s) for s in steps]
         data["attempts"] = [output.fields(a) for a in attempts]
         output.emit_json(data)
         return 0
