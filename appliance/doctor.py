@@ -11,6 +11,7 @@ from appliance.db import audit as dbaudit
 from appliance.db import connection, embedded, migrations
 from appliance.db import outbox as dboutbox
 from appliance.db import tenants as dbtenants
+from appliance.mesh import exposure, listeners, tailscale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,44 @@ async def run_checks(config: settings.Settings) -> list[Check]:
     if config.embedded:
         checks.extend(_embedded(config))
     checks.extend(await _database(config))
+    if config.health.host == settings.TAILNET:
+        checks.append(await _tailnet(config))
+    checks.append(_exposure(config))
     return checks
+
+
+async def _tailnet(config: settings.Settings) -> Check:
+    mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
+    try:
+        status = await mesh.status()
+    except errors.ApplianceError as exc:
+        return Check("tailnet", False, exc.message.splitlines()[0], "install and start tailscaled")
+    if not status.ready:
+        return Check(
+            "tailnet",
+            False,
+            f"tailscaled is {status.backend_state}: the console waits for it",
+            "appliance init --tailnet-auth-key-file FILE",
+        )
+    addresses = ", ".join(str(ip) for ip in status.ips)
+    return Check("tailnet", True, f"{status.dns_name or status.hostname} at {addresses}")
+
+
+def _exposure(config: settings.Settings) -> Check:
+    public = [config.ingress.port] if config.ingress.enabled else []
+    try:
+        passed, text = exposure.run_check(listeners.policy_of(config, public), box_wide=True)
+    except errors.ApplianceError as exc:
+        return Check("exposure", False, exc.message, "run doctor where /proc is readable")
+    if passed:
+        return Check("exposure", True, "nothing but the webhook port listens on a wildcard")
+    offending = [line for line in text.splitlines() if line.startswith("FAIL ")]
+    return Check(
+        "exposure",
+        False,
+        "; ".join(" ".join(line.split()[1:3]) for line in offending),
+        "bind it to the tailnet address or 127.0.0.1 (appliance exposure-check names the process)",
+    )
 
 
 def _state_dir(config: settings.Settings) -> Check:
