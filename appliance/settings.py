@@ -169,6 +169,20 @@ class MeshSettings(_Section):
         return value
 
 
+class VaultSettings(_Section):
+    source: Literal["file", "credential", "keyring"] = pydantic.Field(
+        default="file",
+        description="where the master key comes from: a root-only key file, a systemd "
+        "credential (LoadCredentialEncrypted=), or the OS keyring (a secure backend only)",
+    )
+    key_file: Path | None = pydantic.Field(
+        default=None, description="the key file (default: <state_dir>/vault.key, mode 0600)"
+    )
+    credential: str = pydantic.Field(
+        default="appliance-vault-key", description="the systemd credential's name"
+    )
+
+
 class ModelSettings(_Section):
     api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None, description="Anthropic API key (moves to the vault in a later issue)"
@@ -285,6 +299,7 @@ class Settings(_Section):
     health: HealthSettings = pydantic.Field(default_factory=HealthSettings)
     model: ModelSettings = pydantic.Field(default_factory=ModelSettings)
     mesh: MeshSettings = pydantic.Field(default_factory=MeshSettings)
+    vault: VaultSettings = pydantic.Field(default_factory=VaultSettings)
     ingress: IngressSettings = pydantic.Field(default_factory=IngressSettings)
     watches: tuple[Watch, ...] = pydantic.Field(
         default=(), description="local folders whose new or changed files start tasks"

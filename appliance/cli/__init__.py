@@ -41,6 +41,7 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
     async with connection.open_database(config, start_cluster=True) as db:
         async with db.pool.acquire() as conn:
             applied = await migrations.migrate(conn)
+        vault_state = await agent_commands.init_vault(config, db.pool)
         created = await dbtenants.create_tenant(
             db.pool,
             tenant_id=config.default_tenant,
@@ -59,6 +60,7 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         "migrations_applied": [m.filename for m in applied],
         "default_tenant": config.default_tenant,
         "tenant_created": created,
+        "vault": vault_state,
     }
     if args.json:
         output.emit_json(result)
@@ -68,6 +70,7 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         output.out(f"database      {where}")
         output.out(f"migrations    {', '.join(result['migrations_applied']) or 'up to date'}")
         output.out(f"tenant        {config.default_tenant} ({'created' if created else 'exists'})")
+        output.out(f"vault         {vault_state}")
         if tailnet is not None:
             output.out(f"tailnet       {tailnet['state']} as {tailnet['name']} {tailnet['ips']}")
     return 0

@@ -188,6 +188,164 @@ async def cmd_docs_add(args: argparse.Namespace, config: settings.Settings) -> i
     return 0
 
 
+async def cmd_policy_apply(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Store a policy document as the tenant's next version (unless unchanged)."""
+    from appliance.db import policies
+
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.InputError(f"{args.file}: cannot be read: {exc.strerror}") from exc
+    tenant = args.tenant or config.default_tenant
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        version, created = await policies.apply_policy(
+            db.pool, tenant_id=tenant, document_text=text, actor=output.actor()
+        )
+    if args.json:
+        output.emit_json({"tenant": tenant, "version": version, "created": created})
+    else:
+        state = "new version" if created else "unchanged"
+        output.out(f"policy of tenant {tenant}: version {version} ({state})")
+    return 0
+
+
+async def cmd_policy_show(args: argparse.Namespace, config: settings.Settings) -> int:
+    """A version of the tenant's policy (the newest by default), one setting a line."""
+    from appliance.db import policies
+
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        found = await policies.get_policy(
+            db.pool, tenant_id=args.tenant or config.default_tenant, version=args.version
+        )
+    if args.json:
+        output.emit_json(found.model_dump(mode="json"))
+        return 0
+    output.out(f"# policy of tenant {found.tenant_id}, version {found.version}")
+    output.out(f"# applied by {found.created_by} at {output.cell(found.created_at)}")
+    for line in found.document.render():
+        output.out(line)
+    return 0
+
+
+async def cmd_policy_diff(args: argparse.Namespace, config: settings.Settings) -> int:
+    """What changed between two versions of the tenant's policy."""
+    from appliance.db import policies
+
+    tenant = args.tenant or config.default_tenant
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        first = await policies.get_policy(db.pool, tenant_id=tenant, version=args.a)
+        second = await policies.get_policy(db.pool, tenant_id=tenant, version=args.b)
+    output.out(policies.diff_policies(first, second) or "no difference")
+    return 0
+
+
+def _vault_key(config: settings.Settings) -> bytes:
+    from appliance import vault
+
+    path = config.vault.key_file or config.state_dir / "vault.key"
+    return vault.load_master_key(config.vault.source, path=path, credential=config.vault.credential)
+
+
+async def init_vault(config: settings.Settings, pool: Any) -> str:
+    """`init`: create the key file (source `file`) if missing and register its fingerprint."""
+    from appliance import vault
+
+    path = config.vault.key_file or config.state_dir / "vault.key"
+    if config.vault.source == "file" and not path.exists():
+        vault.create_key_file(path)
+    opened = await vault.open_vault(pool, _vault_key(config), initialise=True)
+    return f"key version {opened.current_version}, fingerprint {opened.fingerprint}"
+
+
+def _secret_value(args: argparse.Namespace) -> bytes:
+    from appliance import vault
+
+    if args.from_file is not None:
+        return vault.read_value("file", args.from_file)
+    return vault.read_value("stdin")
+
+
+async def cmd_secrets_set(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Store a secret (the value from stdin or --from-file, never the command line)."""
+    from appliance import vault
+
+    value = _secret_value(args)
+    tenant = args.tenant or config.default_tenant
+    every = dt.timedelta(days=args.rotate_every_days) if args.rotate_every_days else None
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        opened = await vault.open_vault(db.pool, _vault_key(config))
+        created = await vault.set_secret(
+            db.pool,
+            opened,
+            tenant_id=tenant,
+            integration=args.integration,
+            workflow=args.workflow,
+            name=args.name,
+            value=value,
+            rotate_every=every,
+            actor=output.actor(),
+        )
+    where = f"{tenant}/{args.integration}/{args.workflow}/{args.name}"
+    output.out(f"secret {where}: {'created' if created else 'replaced'}")
+    return 0
+
+
+async def cmd_secrets_rotate(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Give a secret a new value (stdin or --from-file); its rotation clock restarts."""
+    from appliance import vault
+
+    value = _secret_value(args)
+    tenant = args.tenant or config.default_tenant
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        opened = await vault.open_vault(db.pool, _vault_key(config))
+        await vault.rotate_secret(
+            db.pool,
+            opened,
+            tenant_id=tenant,
+            integration=args.integration,
+            workflow=args.workflow,
+            name=args.name,
+            value=value,
+            actor=output.actor(),
+        )
+    output.out(f"secret {tenant}/{args.integration}/{args.workflow}/{args.name}: rotated")
+    return 0
+
+
+async def cmd_secrets_delete(args: argparse.Namespace, config: settings.Settings) -> int:
+    """Delete a secret."""
+    from appliance import vault
+
+    tenant = args.tenant or config.default_tenant
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        await vault.delete_secret(
+            db.pool,
+            tenant_id=tenant,
+            integration=args.integration,
+            workflow=args.workflow,
+            name=args.name,
+            actor=output.actor(),
+        )
+    output.out(f"secret {tenant}/{args.integration}/{args.workflow}/{args.name}: deleted")
+    return 0
+
+
+async def cmd_secrets_list(args: argparse.Namespace, config: settings.Settings) -> int:
+    """A tenant's secrets: scope, key version, rotation (never the values)."""
+    from appliance import vault
+
+    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        found = await vault.list_secrets(db.pool, tenant_id=args.tenant or config.default_tenant)
+    if args.json:
+        output.emit_json([output.fields(s) for s in found])
+        return 0
+    output.table(
+        [(s.integration, s.workflow, s.name, s.key_version, s.rotated_at, s.due_at) for s in found],
+        ("integration", "workflow", "name", "key", "rotated", "due"),
+    )
+    return 0
+
+
 async def cmd_budgets_set(args: argparse.Namespace, config: settings.Settings) -> int:
     """Set a tenant's monthly budget or a task's budget; waiting tasks resume if it allows."""
     from appliance.agents import costs
@@ -268,6 +426,22 @@ def add_commands(
     budget_set.add_argument("--task", type=int, help="a budget for this task")
     budget_set.add_argument("--per-task", action="store_true", help="a budget for each task")
 
+    policy = sub.add_parser("policy", help="what agents may do alone").add_subparsers(
+        dest="policy_command", required=True, parser_class=parser_class
+    )
+    policy_apply = add("apply", cmd_policy_apply, "store a policy file as a new version", policy)
+    policy_apply.add_argument("file", type=Path)
+    policy_apply.add_argument("--tenant")
+    policy_show = add("show", cmd_policy_show, "a version of the policy", policy)
+    policy_show.add_argument("--version", type=int)
+    policy_show.add_argument("--tenant")
+    policy_diff = add("diff", cmd_policy_diff, "what changed between two versions", policy)
+    policy_diff.add_argument("a", type=int)
+    policy_diff.add_argument("b", type=int)
+    policy_diff.add_argument("--tenant")
+
+    _add_secret_commands(sub, add, parser_class)
+
     docs = sub.add_parser("docs", help="documents for retrieval").add_subparsers(
         dest="docs_command", required=True, parser_class=parser_class
     )
@@ -275,3 +449,28 @@ def add_commands(
     docs_add.add_argument("paths", nargs="+", type=Path)
     docs_add.add_argument("--collection", default="default")
     docs_add.add_argument("--tenant")
+
+
+def _add_secret_commands(
+    sub: Any, add: Callable[..., Any], parser_class: type[argparse.ArgumentParser]
+) -> None:
+    """secrets set|rotate|delete|list."""
+    secrets = sub.add_parser("secrets", help="the encrypted vault").add_subparsers(
+        dest="secrets_command", required=True, parser_class=parser_class
+    )
+    for name, handler, text in (
+        ("set", cmd_secrets_set, "store a secret (value from stdin or --from-file)"),
+        ("rotate", cmd_secrets_rotate, "give a secret a new value"),
+        ("delete", cmd_secrets_delete, "delete a secret"),
+    ):
+        command = add(name, handler, text, secrets)
+        command.add_argument("integration")
+        command.add_argument("name")
+        command.add_argument("--workflow", default="*", help="one workflow, or * (default)")
+        command.add_argument("--tenant")
+        if name != "delete":
+            command.add_argument("--from-file", type=Path, help="read the value from this file")
+        if name == "set":
+            command.add_argument("--rotate-every-days", type=int, help="rotation schedule")
+    secrets_list = add("list", cmd_secrets_list, "a tenant's secrets, never their values", secrets)
+    secrets_list.add_argument("--tenant")
