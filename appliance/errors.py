@@ -1,20 +1,32 @@
 """The error tree of the appliance.
 
 Each class's docstring is its default message; each carries the CLI exit code (STYLE.md) and
-the HTTP status the web layer answers with.
+the HTTP status the web layer answers with. Subclasses that carry data of their module (the
+command a CLI ran, the sockets that failed the gate) live in that module, marked below.
 
     ApplianceError                      70  500  a bug
     ├── UsageError                       2  400  the command line is wrong
     ├── ConfigError                     78  500  the config file or an override is invalid
+    │   ├── mesh.exposure.ExposureError 78       a socket is reachable from outside the tailnet
+    │   └── vault.InsecureKeyStoreError, MasterKeyMissingError, KeyMismatchError,
+    │       VaultNotInitialisedError    78       the master key cannot be trusted or found
     ├── InputError                      65  400  bad input data
     │   ├── UnknownWorkflowError        65  404
     │   ├── UnknownTenantError          65  404
-    │   └── IdempotencyConflictError    65  409
+    │   ├── IdempotencyConflictError    65  409
+    │   └── ingress.signatures.MalformedDeliveryError 65 400
     ├── NotFoundError                    1  404  the thing asked for does not exist
     ├── StateError                       1  409  the answer is no in the thing's current state
     ├── DependencyError                 69  503  something we depend on is down
     │   ├── DatabaseUnavailableError    69  503
     │   └── PostgresBinariesMissingError 69 503
+    ├── mesh.tailscale.TailscaleError   70  500  the tailscale CLI failed; also one of:
+    │   ├── TailscaleUnavailableError, TailscaleCommandError, TailscaleTimeoutError
+    │   │                               69  503  (DependencyError)
+    │   ├── TailscaleStateError          1  409  (StateError)
+    │   └── PeerNotFoundError            1  404  (NotFoundError)
+    ├── ingress.signatures.SignatureError 77 401 not signed by the source, or out of its window
+    ├── vault.SecretIntegrityError       1  500  a secret does not decrypt in its scope
     ├── LockedError                     75  503  try again later
     ├── NotAllowedError                 77  403
     │   └── RunAsRootError              77  403
