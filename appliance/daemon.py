@@ -21,15 +21,16 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance import demo, errors, health, outbox, settings
+from appliance import approvals, demo, errors, health, leases, outbox, settings, vault
+from appliance.agents import actions, loop
 from appliance.agents import client as agent_client
-from appliance.agents import loop
 from appliance.db import connection, migrations
 from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
 from appliance.engine import registry, submission, worker
+from appliance.ingress import credentials, watch, webhooks
 from appliance.ingress import intake as ingress_intake
-from appliance.ingress import watch, webhooks
+from appliance.isolation import steps, supervisor
 from appliance.mesh import exposure, listeners, tailscale
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ async def run(config: settings.Settings, options: Options) -> int:
     try:
         async with connection.open_database(config, start_cluster=True) as db:
             await _prepare_schema(db, options, readiness)
+            # The signing secrets in the vault, before any work starts: a missing one is exit 78.
+            verifiers = await credentials.read_verifiers(db.pool, config)
             return await _serve(
                 config=config,
                 options=options,
@@ -86,6 +89,7 @@ async def run(config: settings.Settings, options: Options) -> int:
                 readiness=readiness,
                 stop=stop,
                 console=console,
+                verifiers=verifiers,
             )
     finally:
         if console is not None:
@@ -134,25 +138,30 @@ async def _serve(
     readiness: health.Readiness,
     stop: asyncio.Event,
     console: listeners.Console | None,
+    verifiers: credentials.Verifiers,
 ) -> int:
     model = agent_client.ModelClient(config.model) if config.model.api_key else None
     engine_health = worker.Health()
     background = [
-        asyncio.create_task(_watch_database(config, db, readiness, engine_health), name="db.watch")
+        asyncio.create_task(_watch_database(config, db, readiness, engine_health), name="db.watch"),
+        asyncio.create_task(_watch_secret_rotation(config, db), name="vault.overdue"),
     ]
     work: worker.Worker | None = None
     relay: outbox.Relay | None = None
     if config.mode != "ingress":
-        work = _worker(config, db, model, engine_health)
+        isolation = await _isolation(config, db)
+        work = _worker(config, db, model, engine_health, isolation)
         relay = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
         background.append(asyncio.create_task(work.run(), name="engine.worker"))
         background.append(asyncio.create_task(relay.run(), name="outbox.relay"))
+        sweep = approvals.sweep(db.pool, every=config.approvals.sweep_seconds, stop=stop)
+        background.append(asyncio.create_task(sweep, name="approvals.sweep"))
         await work.started.wait()
     watcher: watch.Watcher | None = None
     if config.watches and config.mode == "edge":
         watcher = watch.Watcher(db.pool, registry.registry, config.engine, config.watches)
         await watcher.start()
-    public = await _start_ingress(config, db, console)
+    public = await _start_ingress(config, db, console, verifiers)
     await _until_bound(console, stop)
     log.info(
         "ready: %s mode, node %s, health on %s",
@@ -199,17 +208,37 @@ async def _serve(
     return 0
 
 
+async def _isolation(config: settings.Settings, db: connection.Database) -> supervisor.Supervisor:
+    """Tool calls and isolated steps, each in its own confined process with leases from the
+    vault; without a vault (not initialised, no key yet) they run but cannot lease secrets."""
+    opened: vault.Vault | None
+    try:
+        opened = await vault.open_vault(db.pool, vault.configured_key(config))
+    except (vault.VaultNotInitialisedError, vault.MasterKeyMissingError) as exc:
+        log.warning("tools get no secrets: %s", exc, extra={"event": "isolation.no_vault"})
+        opened = None
+    grants = leases.Leases(db.pool, opened, ttl_seconds=config.isolation.lease_ttl_seconds)
+    hidden = [
+        config.state_dir,
+        config.vault.key_file or config.state_dir / "vault.key",
+        settings.config_path(None, os.environ)[0],
+    ]
+    return supervisor.Supervisor(db.pool, grants, config.isolation, hidden_paths=hidden)
+
+
 def _worker(
     config: settings.Settings,
     db: connection.Database,
     model: agent_client.ModelClient | None,
     engine_health: worker.Health,
+    isolation: supervisor.Supervisor,
 ) -> worker.Worker:
     """The engine's worker; agent tasks only where a model key is configured."""
-    services = {}
+    services: dict[str, Any] = {steps.SERVICE: isolation}
     workflows = registry.registry
     if model is not None:
-        services[loop.SERVICE] = loop.Runtime(db.pool, model, config.model)
+        tool_actions = actions.Actions(db.pool, isolation, config.approvals)
+        services[loop.SERVICE] = loop.Runtime(db.pool, model, config.model, tool_actions)
     else:
         workflows = workflows.without([loop.WORKFLOW])
         log.info(
@@ -240,7 +269,10 @@ class _Public:
 
 
 async def _start_ingress(
-    config: settings.Settings, db: connection.Database, console: listeners.Console | None
+    config: settings.Settings,
+    db: connection.Database,
+    console: listeners.Console | None,
+    verifiers: credentials.Verifiers,
 ) -> _Public | None:
     """The one public port, then the exposure gate over everything this process listens on."""
     if not config.ingress.enabled:
@@ -252,7 +284,8 @@ async def _start_ingress(
         return None
     intake = ingress_intake.DurableIntake(db.pool, registry.registry, config.engine)
     intake.check(config.ingress.sources)
-    runner = web.AppRunner(webhooks.build_app(config.ingress, intake), access_log=None)
+    app = webhooks.build_app(config.ingress, intake, verifiers=verifiers)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.ingress.host, config.ingress.port).start()
@@ -320,6 +353,18 @@ async def _watch_database(
             readiness.database, readiness.database_reason = True, ""
             engine_health.set(True)
         await asyncio.sleep(interval)
+
+
+async def _watch_secret_rotation(config: settings.Settings, db: connection.Database) -> None:
+    """Announce each secret overdue for rotation once per period (outbox event secret.overdue)."""
+    while True:
+        try:
+            await vault.announce_overdue_secrets(db.pool)
+        except errors.ApplianceError as exc:  # Postgres away: the next round catches up
+            log.warning(
+                "overdue secrets not checked: %s", exc, extra={"event": "vault.overdue_unchecked"}
+            )
+        await asyncio.sleep(config.vault.overdue_check_seconds)
 
 
 async def _submit_demo(db: connection.Database, config: settings.Settings, folder: Path) -> int:

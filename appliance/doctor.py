@@ -1,16 +1,27 @@
-"""`appliance doctor`: each check says ok or fail, and how to fix what fails."""
+"""`appliance doctor`: each check says ok, warn or fail, and how to fix what is not ok.
+
+A failed check (severity `fail`) means something does not work: doctor exits 1. A warning
+(severity `warn`) is something that works but should be put right, such as a secret past its
+rotation schedule or a signing secret left in the config file: shown, exit 0, so an install
+script or a monitor that runs doctor does not stop on a reminder.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import pwd
+from typing import Literal
 
-from appliance import errors, settings
+from appliance import errors, settings, vault
 from appliance.db import audit as dbaudit
 from appliance.db import connection, embedded, migrations
 from appliance.db import outbox as dboutbox
+from appliance.db import pool as dbpool
 from appliance.db import tenants as dbtenants
+from appliance.ingress import credentials
+from appliance.isolation import confinement
 from appliance.mesh import exposure, listeners, tailscale
 
 
@@ -20,6 +31,12 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    severity: Literal["fail", "warn"] = "fail"  # what it means when not ok
+
+    @property
+    def failed(self) -> bool:
+        """Not ok, and not a mere warning."""
+        return not self.ok and self.severity == "fail"
 
 
 async def run_checks(config: settings.Settings) -> list[Check]:
@@ -28,10 +45,38 @@ async def run_checks(config: settings.Settings) -> list[Check]:
     if config.embedded:
         checks.extend(_embedded(config))
     checks.extend(await _database(config))
+    checks.extend(_inline_signing_secrets(config))
+    checks.append(_isolation(config))
     if config.health.host == settings.TAILNET:
         checks.append(await _tailnet(config))
     checks.append(_exposure(config))
     return checks
+
+
+def _isolation(config: settings.Settings) -> Check:
+    """Whether this host can confine tool processes as `isolation.strict` demands."""
+    found = confinement.capabilities()
+    missing = [layer for layer in confinement.LAYERS if found.get(layer) is False]
+    detail = f"landlock ABI {found.get('landlock_abi', 0)}; " + (
+        f"missing: {', '.join(missing)}" if missing else "every layer applies"
+    )
+    if not missing:
+        return Check("tool isolation", True, detail)
+    if config.isolation.strict:
+        return Check(
+            "tool isolation",
+            False,
+            detail + "; tool calls and isolated steps will be refused",
+            "use a kernel with Landlock (5.13+, 6.7+ for network rules) and user namespaces, "
+            "or set isolation.strict = false to run tools less confined",
+        )
+    return Check(
+        "tool isolation",
+        False,
+        detail + "; isolation.strict = false: tools run less confined",
+        "use a host that supports every layer, then set isolation.strict = true",
+        severity="warn",
+    )
 
 
 async def _tailnet(config: settings.Settings) -> Check:
@@ -45,7 +90,8 @@ async def _tailnet(config: settings.Settings) -> Check:
             "tailnet",
             False,
             f"tailscaled is {status.backend_state}: the console waits for it",
-            "appliance init --tailnet-auth-key-file FILE",
+            "appliance init --tailnet-auth-key-file FILE (or keep the key in the vault: "
+            "appliance secrets set tailscale auth-key, then appliance init)",
         )
     addresses = ", ".join(str(ip) for ip in status.ips)
     return Check("tailnet", True, f"{status.dns_name or status.hostname} at {addresses}")
@@ -155,6 +201,8 @@ async def _database(config: settings.Settings) -> list[Check]:
             else:
                 checks.append(Check("audit chain", True, "verifies"))
             checks.append(await _outbox(db))
+            checks.append(await check_secret_rotation(db.pool))
+            checks.extend(await _vault_signing_secrets(config, db.pool))
             return checks
     except errors.ApplianceError as exc:
         return [
@@ -165,3 +213,80 @@ async def _database(config: settings.Settings) -> list[Check]:
                 "start the daemon (embedded Postgres) or check database.url",
             )
         ]
+
+
+async def check_secret_rotation(pool: dbpool.Pool) -> Check:
+    """Secrets past their rotation schedule (scope and how late, never a value): a warning."""
+    overdue = await vault.overdue_secrets(pool)
+    if not overdue:
+        return Check("secret rotation", True, "no secret is overdue")
+    now = dt.datetime.now(dt.UTC)
+    late = [
+        f"{s.tenant_id}/{s.integration}/{s.workflow}/{s.name} overdue by "
+        f"{_duration(now - s.due_at)}"
+        for s in overdue
+        if s.due_at is not None
+    ]
+    first = overdue[0]
+    return Check(
+        "secret rotation",
+        False,
+        f"{len(overdue)} overdue: " + "; ".join(late),
+        f"appliance secrets rotate {first.integration} {first.name} --tenant {first.tenant_id}"
+        f" --workflow '{first.workflow}' --from-file FILE (each overdue secret)",
+        severity="warn",
+    )
+
+
+def _duration(delta: dt.timedelta) -> str:
+    """`3d 4h`, `5h 12m`, `42m`: how late, to the minute."""
+    minutes = max(0, int(delta.total_seconds() // 60))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
+
+
+def _inline_signing_secrets(config: settings.Settings) -> list[Check]:
+    """A warning for each webhook source whose signing secret sits in the config file."""
+    return [
+        Check(
+            f"webhook secret {source.tenant}/{source.name}",
+            False,
+            "signing secret in the config file",
+            "move it to the vault with: "
+            f"{credentials.set_command(source)} (one secret per line), then replace `secrets` "
+            f'with secret_ref = "{credentials.INTEGRATION}/{source.name}"',
+            severity="warn",
+        )
+        for source in config.ingress.sources
+        if config.ingress.enabled and source.secret_ref is None
+    ]
+
+
+async def _vault_signing_secrets(config: settings.Settings, pool: dbpool.Pool) -> list[Check]:
+    """Each source with a secret_ref: its secret is in the vault, or the daemon will not start."""
+    checks = []
+    for source in config.ingress.sources:
+        if not config.ingress.enabled or source.secret_ref is None:
+            continue
+        stored = {
+            (s.integration, s.workflow, s.name)
+            for s in await vault.list_secrets(pool, tenant_id=source.tenant)
+        }
+        name = f"webhook secret {source.tenant}/{source.name}"
+        if (credentials.INTEGRATION, vault.WILDCARD, credentials.vault_name(source)) in stored:
+            checks.append(Check(name, True, f"in the vault ({source.secret_ref})"))
+        else:
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    f"{source.secret_ref} is not in the vault: the daemon will not start",
+                    credentials.set_command(source),
+                )
+            )
+    return checks

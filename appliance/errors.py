@@ -8,6 +8,8 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     ├── UsageError                       2  400  the command line is wrong
     ├── ConfigError                     78  500  the config file or an override is invalid
     │   ├── mesh.exposure.ExposureError 78       a socket is reachable from outside the tailnet
+    │   ├── MissingSecretError          78       the config names a vault secret that is not set
+    │   ├── ConfinementError            78       a tool process cannot be confined on this host
     │   └── vault.InsecureKeyStoreError, MasterKeyMissingError, KeyMismatchError,
     │       VaultNotInitialisedError    78       the master key cannot be trusted or found
     ├── InputError                      65  400  bad input data
@@ -27,9 +29,14 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │   └── PeerNotFoundError            1  404  (NotFoundError)
     ├── ingress.signatures.SignatureError 77 401 not signed by the source, or out of its window
     ├── vault.SecretIntegrityError       1  500  a secret does not decrypt in its scope
+    ├── isolation.channel.ChannelError  70  500  a tool process broke the channel's protocol
+    ├── isolation.supervisor.ToolProcessError  70 500  a tool's process crashed or hit a limit
+    ├── isolation.supervisor.ToolFailedError    1 500  the tool raised an error in its process
     ├── LockedError                     75  503  try again later
     ├── NotAllowedError                 77  403
-    │   └── RunAsRootError              77  403
+    │   ├── RunAsRootError              77  403
+    │   ├── leases.LeaseRefusedError    77  403  a lease spent, expired, or outside its call's scope
+    │   └── TenantIsolationError        77  403  a row of another tenant, in a tenant's context
     ├── SchemaError                     78  500  migrations drifted or are missing
     ├── AuditChainError                  1  500  the audit chain does not verify
     └── EngineError                     70  500
@@ -38,7 +45,8 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
         ├── ChainContentionError        75  409
         ├── StepFailedError             70  500
         └── WaitError                   75  409
-            └── BudgetExceededError     75  402
+            ├── BudgetExceededError     75  402
+            └── ApprovalPendingError    75  409
 """
 
 from __future__ import annotations
@@ -69,6 +77,14 @@ class ConfigError(ApplianceError):
     """The configuration is not valid."""
 
     exit_code = 78
+
+
+class MissingSecretError(ConfigError):
+    """The configuration names a secret that is not in the vault."""
+
+
+class ConfinementError(ConfigError):
+    """A tool process cannot be confined as configured (`isolation.confinement`)."""
 
 
 class InputError(ApplianceError):
@@ -143,6 +159,10 @@ class RunAsRootError(NotAllowedError):
     """PostgreSQL refuses to run as root."""
 
 
+class TenantIsolationError(NotAllowedError):
+    """The row belongs to another tenant than the transaction's (row-level security)."""
+
+
 class SchemaError(ApplianceError):
     """The database schema does not match the migrations shipped with this version."""
 
@@ -200,3 +220,7 @@ class BudgetExceededError(WaitError):
     """A model call could exceed a budget; the task waits until the budget is raised."""
 
     http_status = 402
+
+
+class ApprovalPendingError(WaitError):
+    """A step waits for a person's approval; the task waits until the request is decided."""

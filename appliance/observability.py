@@ -1,4 +1,7 @@
-"""Structured logs: one JSON object per line on stderr (journald), with a stable `event` key."""
+"""Structured logs: one JSON object per line on stderr (journald), with a stable `event` key.
+
+Every line is scrubbed of the secret values the process knows (`redaction.registry`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import json
 import logging
 import sys
 from typing import Any, TextIO
+
+from appliance import redaction
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -29,7 +34,24 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(redaction.registry.scrub(_plain(entry)), default=str)
+
+
+def _plain(entry: dict[str, Any]) -> dict[str, Any]:
+    """Values JSON cannot hold as their text, so they are scrubbed like the rest."""
+    return {
+        key: value
+        if isinstance(value, str | int | float | bool | None | list | dict)
+        else str(value)
+        for key, value in entry.items()
+    }
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines for a terminal, scrubbed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redaction.registry.scrub_text(super().format(record))
 
 
 def configure(level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
@@ -38,7 +60,7 @@ def configure(level: str = "INFO", fmt: str = "json", stream: TextIO | None = No
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -25,6 +25,7 @@ from appliance.ingress import signatures
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
 MEBIBYTE = 1024 * 1024
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_WEBHOOK_REF = r"^webhook/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 ENV_PREFIX = "APPLIANCE_"
 
 
@@ -181,6 +182,65 @@ class VaultSettings(_Section):
     credential: str = pydantic.Field(
         default="appliance-vault-key", description="the systemd credential's name"
     )
+    overdue_check_seconds: float = pydantic.Field(
+        default=60.0,
+        gt=0,
+        description="how often the daemon looks for secrets overdue for rotation (each is "
+        "announced once per period, outbox event secret.overdue)",
+    )
+
+
+class ApprovalSettings(_Section):
+    timeout_seconds: float = pydantic.Field(
+        default=86400.0, gt=0, description="a request not decided within this time expires (denied)"
+    )
+    approvers: int = pydantic.Field(
+        default=1, ge=1, description="distinct people whose approval a request needs"
+    )
+    sweep_seconds: float = pydantic.Field(
+        default=30.0, gt=0, description="how often the daemon expires overdue requests"
+    )
+
+
+class IsolationSettings(_Section):
+    """How tool calls are confined: each runs in its own process (`appliance.isolation`)."""
+
+    memory_mb: int = pydantic.Field(
+        default=1024, ge=64, description="address-space limit of a tool process (RLIMIT_AS), MiB"
+    )
+    cpu_seconds: int = pydantic.Field(
+        default=60, ge=1, description="CPU time limit of a tool process (RLIMIT_CPU)"
+    )
+    open_files: int = pydantic.Field(
+        default=256, ge=16, description="open file limit of a tool process (RLIMIT_NOFILE)"
+    )
+    call_timeout_seconds: float = pydantic.Field(
+        default=120.0, gt=0, description="wall-clock limit of one tool call; then it is killed"
+    )
+    egress_ports: tuple[int, ...] = pydantic.Field(
+        default=(443,), description="TCP ports a tool process may connect to (Landlock)"
+    )
+    hidden_paths: tuple[Path, ...] = pydantic.Field(
+        default=(),
+        description="more paths a tool process cannot see (the state directory, the key file "
+        "and the Postgres socket directories are always hidden)",
+    )
+    strict: bool = pydantic.Field(
+        default=True,
+        description="refuse to run a tool when the host cannot apply every confinement layer "
+        "(mount namespace, Landlock); false only for development hosts such as macOS",
+    )
+    lease_ttl_seconds: float = pydantic.Field(
+        default=30.0, gt=0, le=60, description="how long a granted lease may wait to be redeemed"
+    )
+
+    @pydantic.field_validator("egress_ports")
+    @classmethod
+    def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for port in value:
+            if not 0 < port < 65536:
+                raise ValueError(f"{port} is not a TCP port")
+        return value
 
 
 class ModelSettings(_Section):
@@ -217,7 +277,15 @@ class Source(_Section):
         default="standard", description="how the sender signs (Standard Webhooks by default)"
     )
     secrets: tuple[pydantic.SecretStr, ...] = pydantic.Field(
-        min_length=1, description="signing secrets; several while one is rotated"
+        default=(),
+        description="signing secrets in this file, several while one is rotated (doctor warns: "
+        "prefer secret_ref)",
+    )
+    secret_ref: str | None = pydantic.Field(
+        default=None,
+        pattern=_WEBHOOK_REF,
+        description="`webhook/<name>`: the signing secret is the vault's secret of this "
+        "source's tenant, integration webhook, workflow *, read at start (one per line)",
     )
     workflow: str = pydantic.Field(min_length=1, description="the workflow a delivery starts")
     max_body_bytes: int = pydantic.Field(
@@ -229,6 +297,10 @@ class Source(_Section):
 
     @pydantic.model_validator(mode="after")
     def _secrets_fit_the_scheme(self) -> Source:
+        if bool(self.secrets) == (self.secret_ref is not None):
+            raise ValueError("set either secrets or secret_ref (the vault), not both or neither")
+        if self.secret_ref is not None:
+            return self  # checked against the scheme when the daemon reads it from the vault
         try:
             self.verifier()
         except errors.ConfigError as exc:
@@ -236,7 +308,12 @@ class Source(_Section):
         return self
 
     def verifier(self) -> signatures.Scheme:
-        """The scheme's verifier over this source's secrets."""
+        """The scheme's verifier over this source's secrets in the config file."""
+        if self.secret_ref is not None:
+            raise errors.ConfigError(
+                f"ingress source {self.tenant}/{self.name} keeps its secret in the vault "
+                f"({self.secret_ref}); read it from there"
+            )
         return signatures.scheme(self.scheme, [s.get_secret_value() for s in self.secrets])
 
 
@@ -300,6 +377,8 @@ class Settings(_Section):
     model: ModelSettings = pydantic.Field(default_factory=ModelSettings)
     mesh: MeshSettings = pydantic.Field(default_factory=MeshSettings)
     vault: VaultSettings = pydantic.Field(default_factory=VaultSettings)
+    isolation: IsolationSettings = pydantic.Field(default_factory=IsolationSettings)
+    approvals: ApprovalSettings = pydantic.Field(default_factory=ApprovalSettings)
     ingress: IngressSettings = pydantic.Field(default_factory=IngressSettings)
     watches: tuple[Watch, ...] = pydantic.Field(
         default=(), description="local folders whose new or changed files start tasks"

@@ -20,6 +20,10 @@ workflow of that tenant using that integration; a secret stored for one workflow
 `*` one of the same name. A read outside the caller's scope (another tenant, another workflow)
 is `NotFoundError`, exactly like a secret that does not exist, so probing reveals nothing.
 Every set, rotate and delete writes an audit entry in the `tenant:<id>` chain, never the value.
+
+A secret may carry a rotation schedule. `announce_overdue_secrets` (run periodically by the
+daemon) emits the outbox event `secret.overdue` once per secret per period; a new value starts
+the next period.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import nacl.exceptions
 import nacl.secret
 import nacl.utils
 
-from appliance import errors
+from appliance import errors, settings
 from appliance.db import pool as dbpool
 from appliance.db import vault as dbvault
 
@@ -313,6 +317,12 @@ def load_master_key(
     if source == "credential":
         return read_credential(credential)
     return read_keyring(backend)
+
+
+def configured_key(config: settings.Settings) -> bytes:
+    """The master key from the source `config.vault` names (key file: <state_dir>/vault.key)."""
+    path = config.vault.key_file or config.state_dir / "vault.key"
+    return load_master_key(config.vault.source, path=path, credential=config.vault.credential)
 
 
 # --- encryption ---------------------------------------------------------------------------
@@ -608,6 +618,25 @@ async def list_secrets(pool: dbpool.Pool, *, tenant_id: str) -> list[dbvault.Sec
 async def overdue_secrets(pool: dbpool.Pool) -> list[dbvault.SecretInfo]:
     """Secrets of every tenant whose rotation schedule has passed."""
     return await dbvault.overdue_secrets(pool)
+
+
+async def announce_overdue_secrets(pool: dbpool.Pool) -> list[dbvault.SecretInfo]:
+    """Emit the outbox event `secret.overdue` once per secret per rotation period; those.
+
+    A secret is announced the first time this runs after its due time; giving it a new value
+    (set or rotate) starts the next period. Several processes may run this at once: each
+    secret is announced by one of them.
+    """
+    announced = await dbvault.announce_overdue_secrets(pool)
+    for secret in announced:
+        where = _describe(Scope(secret.tenant_id, secret.integration, secret.workflow, secret.name))
+        log.warning(
+            "secret %s is overdue for rotation since %s",
+            where,
+            secret.due_at,
+            extra={"event": "secret.overdue", "secret": where, "tenant_id": secret.tenant_id},
+        )
+    return announced
 
 
 def read_value(source: ValueSource, path: Path | None = None) -> bytes:

@@ -6,7 +6,9 @@ Input: `{"agent": NAME, "prompt": TEXT, "version": N (optional)}`. Steps, each c
     retrieve        the passages the prompt needs, within the agent's token budget
     model:<turn>    one model call: budget check, the call, its ledger row; the whole reply is
                     the checkpoint, so a resumed task never pays for a reply twice
-    tool:<turn>:<name>  one tool call; a tool error goes back to the model as an error result
+    tool:<turn>:<name>  one tool call (`actions`: policy, approval, audit entries before and
+                    after, the call in its own confined process); a refusal or a tool error
+                    goes back to the model as an error result
 
 The loop ends on a reply that asks for no tool, at the agent's max_turns, or at a budget: a call
 whose worst case (input estimate plus max_tokens) could exceed the tenant's month budget or the
@@ -22,7 +24,7 @@ import logging
 from typing import Any
 
 from appliance import errors, settings
-from appliance.agents import client, costs, definitions, prompt, retrieval, tools
+from appliance.agents import actions, client, costs, definitions, prompt, retrieval, tools
 from appliance.db import agents as dbagents
 from appliance.db import pool as dbpool
 from appliance.engine import context, registry
@@ -40,6 +42,7 @@ class Runtime:
     pool: dbpool.Pool
     model: client.ModelClient
     config: settings.ModelSettings
+    tool_actions: actions.Actions | None = None
     toolbox: tools.Toolbox = tools.toolbox
 
     async def resolve(self, tenant_id: str, name: str, version: int | None) -> dict[str, Any]:
@@ -122,15 +125,16 @@ class Runtime:
         }
 
     async def call_tool(
-        self, tenant_id: str, task_id: int, spec: dict[str, Any], block: dict[str, Any]
+        self, step: actions.Step, spec: dict[str, Any], block: dict[str, Any]
     ) -> Any:
         if block["name"] not in spec["tools"]:
             raise errors.NotAllowedError(
                 f"agent {spec['name']} may not call tool {block['name']!r}"
             )
+        if self.tool_actions is None:
+            raise errors.ConfigError("the agent runtime was built without tool actions")
         tool = self.toolbox.get(block["name"])
-        call = tools.Call(tenant_id=tenant_id, task_id=task_id, services=self)
-        return await tool.fn(call, dict(block.get("input") or {}))
+        return await self.tool_actions.call(step, tool, dict(block.get("input") or {}), self)
 
 
 def _runtime(ctx: context.TaskContext) -> Runtime:
@@ -167,6 +171,7 @@ async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
     passages = await ctx.step("retrieve", runtime.retrieve, ctx.tenant_id, spec, text)
     messages: list[dict[str, Any]] = [_first_message(text, passages)]
     usage_total: dict[str, int] = {}
+    tool_calls = 0
     for turn in range(spec["max_turns"]):
         reply = await ctx.step(
             f"model:{turn}",
@@ -195,15 +200,19 @@ async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
             }
         results = []
         for block in uses:
+            step = actions.Step(
+                tenant_id=ctx.tenant_id,
+                task_id=ctx.task_id,
+                worker=ctx.worker_id,
+                attempt=ctx.attempt,
+                position=ctx.next_position,
+                step_key=f"tool:{turn}:{block['name']}",
+                agent=spec["name"],
+                tool_calls_so_far=tool_calls,
+            )
+            tool_calls += 1
             try:
-                result = await ctx.step(
-                    f"tool:{turn}:{block['name']}",
-                    runtime.call_tool,
-                    ctx.tenant_id,
-                    ctx.task_id,
-                    spec,
-                    block,
-                )
+                result = await ctx.step(step.step_key, runtime.call_tool, step, spec, block)
                 results.append(
                     {
                         "type": "tool_result",

@@ -1,7 +1,14 @@
-"""Tools an agent may call: registered by name with a description and a JSON input schema.
+"""Tools an agent may call: registered by name with a description, a JSON input schema, and
+what the policy needs to know of them.
 
 A tool call is a step of the agent's task, so it runs once: on resume its checkpointed result
 is handed back. An agent may call only the tools its definition lists.
+
+Every tool declares its action class (read, write, destructive, financial, customer_facing),
+the integrations whose secrets it may lease, and whether repeating it with the same
+idempotency key is safe. A tool runs in its own confined process (`appliance.isolation`)
+unless it is part of the appliance itself and declared `isolated=False`: code from elsewhere
+never runs inside the control plane.
 """
 
 from __future__ import annotations
@@ -12,14 +19,23 @@ from typing import Any
 
 from appliance import errors
 
+ACTION_CLASSES = ("read", "write", "destructive", "financial", "customer_facing")
+_TRUSTED_PACKAGE = "appliance."
+
 
 @dataclasses.dataclass(frozen=True)
 class Call:
-    """What a tool function is given besides its arguments."""
+    """What a tool function is given besides its arguments.
+
+    `services` is the agent runtime for a tool of the appliance's own that runs in the control
+    plane, and the control plane's proxy (`isolation.child.ControlPlane`: leases, the task) in
+    a tool process. `idempotency_key` is the same for every attempt of the same step.
+    """
 
     tenant_id: str
     task_id: int
     services: Any
+    idempotency_key: str = ""
 
 
 ToolFn = Callable[[Call, dict[str, Any]], Awaitable[Any]]
@@ -31,6 +47,20 @@ class Tool:
     description: str
     input_schema: dict[str, Any]
     fn: ToolFn
+    action_class: str
+    integrations: tuple[str, ...] = ()
+    idempotent: bool = False
+    isolated: bool = True
+
+    @property
+    def module(self) -> str:
+        """The module that defines the tool (a tool process imports it)."""
+        return self.fn.__module__
+
+    @property
+    def writes(self) -> bool:
+        """Whether a call has a side effect outside (everything but `read`)."""
+        return self.action_class != "read"
 
     def definition(self) -> dict[str, Any]:
         """The tool as the Messages API takes it."""
@@ -48,12 +78,39 @@ class Toolbox:
         self._tools: dict[str, Tool] = {}
 
     def tool(
-        self, name: str, description: str, input_schema: dict[str, Any]
+        self,
+        name: str,
+        description: str,
+        input_schema: dict[str, Any],
+        *,
+        action_class: str,
+        integrations: tuple[str, ...] = (),
+        idempotent: bool = False,
+        isolated: bool = True,
     ) -> Callable[[ToolFn], ToolFn]:
         """Register the decorated coroutine function as a tool."""
+        if action_class not in ACTION_CLASSES:
+            raise errors.ConfigError(
+                f"tool {name!r}: action class {action_class!r} is not one of "
+                f"{', '.join(ACTION_CLASSES)}"
+            )
 
         def register(fn: ToolFn) -> ToolFn:
-            self._tools[name] = Tool(name, description, input_schema, fn)
+            if not isolated and not fn.__module__.startswith(_TRUSTED_PACKAGE):
+                raise errors.ConfigError(
+                    f"tool {name!r} of {fn.__module__} must run isolated: only the "
+                    "appliance's own tools run inside the control plane"
+                )
+            self._tools[name] = Tool(
+                name,
+                description,
+                input_schema,
+                fn,
+                action_class,
+                tuple(integrations),
+                idempotent,
+                isolated,
+            )
             return fn
 
         return register

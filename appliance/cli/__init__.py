@@ -19,6 +19,7 @@ from typing import Any, get_args
 
 from appliance import __version__, errors, models, settings
 from appliance.cli import agents as agent_commands
+from appliance.cli import approvals as approval_commands
 from appliance.cli import output
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
@@ -26,6 +27,8 @@ from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
 
 Handler = Callable[[argparse.Namespace, settings.Settings], Coroutine[Any, Any, int]]
+TAILNET_KEY_INTEGRATION = "tailscale"  # the vault scope of the tailnet auth key
+TAILNET_KEY_NAME = "auth-key"
 
 
 def _task_dict(task: models.Task) -> dict[str, Any]:
@@ -48,10 +51,18 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
             name=config.default_tenant,
             actor=output.actor(),
         )
+        stored_key = None
+        if args.tailnet_auth_key_file is None:
+            stored_key = await _stored_tailnet_key(config, db)
         where = f"embedded cluster in {db.cluster.data_dir}" if db.cluster else "configured server"
     tailnet = None
     if args.tailnet_auth_key_file is not None:
         tailnet = await _join_tailnet(config, args.tailnet_auth_key_file)
+    elif stored_key is not None:
+        from appliance.mesh import tailscale
+
+        with tailscale.auth_key_file(stored_key) as key_file:
+            tailnet = await _join_tailnet(config, key_file)
     result: dict[str, Any] = {
         "tailnet": tailnet,
         "config": str(args.config_path),
@@ -89,6 +100,28 @@ async def cmd_exposure_check(args: argparse.Namespace, config: settings.Settings
             "webhook port; bind it to the tailnet address or 127.0.0.1"
         )
     return 0
+
+
+async def _stored_tailnet_key(config: settings.Settings, db: connection.Database) -> bytes | None:
+    """The tailnet auth key kept in the vault (`appliance secrets set tailscale auth-key`), if any.
+
+    It belongs to the box, so it lives in the default tenant's scope (the tenant `init` creates
+    for the box's owner), integration `tailscale`, workflow `*`, name `auth-key`.
+    """
+    from appliance import vault
+
+    box = await vault.open_vault(db.pool, vault.configured_key(config))
+    try:
+        return await vault.read_secret(
+            db.pool,
+            box,
+            tenant_id=config.default_tenant,
+            integration=TAILNET_KEY_INTEGRATION,
+            workflow=vault.WILDCARD,
+            name=TAILNET_KEY_NAME,
+        )
+    except errors.NotFoundError:
+        return None
 
 
 async def _join_tailnet(config: settings.Settings, key_file: Path) -> dict[str, Any]:
@@ -169,7 +202,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 async def cmd_doctor(args: argparse.Namespace, config: settings.Settings) -> int:
-    """Each check: ok or fail, and how to fix it."""
+    """Each check: ok, warn or fail, and how to fix it; exit 1 only when one fails."""
     from appliance import doctor
 
     checks = await doctor.run_checks(config)
@@ -177,11 +210,11 @@ async def cmd_doctor(args: argparse.Namespace, config: settings.Settings) -> int
         output.emit_json([output.fields(c) for c in checks])
     else:
         for check in checks:
-            mark = "ok  " if check.ok else "FAIL"
+            mark = "ok  " if check.ok else ("FAIL" if check.failed else "warn")
             output.out(f"[{mark}] {check.name}: {check.detail}")
             if not check.ok and check.fix:
                 output.out(f"       fix: {check.fix}")
-    return 0 if all(c.ok for c in checks) else 1
+    return 1 if any(c.failed for c in checks) else 0
 
 
 async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -> int:
@@ -447,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--tailnet-auth-key-file",
         type=Path,
-        help="join the tailnet with this auth key (first run: tailscale up; later: set)",
+        help="join the tailnet with this auth key (first run: tailscale up; later: set); "
+        "without it, the key the vault holds as `tailscale auth-key`, if any",
     )
     add("exposure-check", cmd_exposure_check, "fail if anything but the webhook port is public")
     run = add("run", cmd_run, "run the daemon")
@@ -512,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_add.add_argument("--name")
     add("list", cmd_tenants_list, "list tenants", tenants)
     agent_commands.add_commands(sub, add, _Parser)
+    approval_commands.add_commands(sub, add, _Parser)
     return parser
 
 

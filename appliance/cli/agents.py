@@ -242,8 +242,7 @@ async def cmd_policy_diff(args: argparse.Namespace, config: settings.Settings) -
 def _vault_key(config: settings.Settings) -> bytes:
     from appliance import vault
 
-    path = config.vault.key_file or config.state_dir / "vault.key"
-    return vault.load_master_key(config.vault.source, path=path, credential=config.vault.credential)
+    return vault.configured_key(config)
 
 
 async def init_vault(config: settings.Settings, pool: Any) -> str:

@@ -146,9 +146,20 @@ def translated() -> Iterator[None]:
             raise errors.ChainContentionError(str(exc)) from exc
         raise errors.StateError(f"{exc} ({exc.detail})") from exc
     except asyncpg.exceptions.PostgresError as exc:
-        if exc.sqlstate == LEASE_LOST:
-            raise errors.LeaseLostError(str(exc)) from exc
-        raise errors.ApplianceError(f"database error: {exc}") from exc
+        raise _server_error(exc) from exc
+
+
+def _server_error(exc: asyncpg.exceptions.PostgresError) -> errors.ApplianceError:
+    """Ours for a server error no case above names: a lost lease, row security, or a bug."""
+    if exc.sqlstate == LEASE_LOST:
+        return errors.LeaseLostError(str(exc))
+    if isinstance(exc, asyncpg.exceptions.InsufficientPrivilegeError) and (
+        "row-level security" in str(exc)
+    ):
+        return errors.TenantIsolationError(
+            f"{exc}: a tenant's transaction cannot write rows of another tenant"
+        )
+    return errors.ApplianceError(f"database error: {exc}")
 
 
 def record_dict(record: Any) -> dict[str, Any]:

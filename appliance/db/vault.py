@@ -212,6 +212,13 @@ async def overdue_secrets(conn: pool.Connection | pool.Pool) -> list[SecretInfo]
     return [SecretInfo(**pool.record_dict(row)) for row in rows]
 
 
+async def announce_overdue_secrets(conn: pool.Connection | pool.Pool) -> list[SecretInfo]:
+    """Emit `secret.overdue` for each overdue secret not announced in this period; those."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["announce_overdue_secrets"])
+    return [SecretInfo(**pool.record_dict(row)) for row in rows]
+
+
 async def lock_secrets(conn: pool.Connection) -> list[EncryptedSecret]:
     """Every secret with its ciphertext, locked until the transaction ends."""
     with pool.translated():

@@ -61,8 +61,12 @@ class TaskContext:
         writer: StepWriter,
         draining: Callable[[], bool],
         services: Mapping[str, Any] | None = None,
+        worker_id: str = "",
+        workflow: str = "",
     ) -> None:
         self.task_id = task_id
+        self.worker_id = worker_id
+        self.workflow = workflow
         self.services: Mapping[str, Any] = services or {}
         self.tenant_id = tenant_id
         self.attempt = attempt

@@ -270,6 +270,8 @@ class Worker:
             writer=lambda step: self._write_step(task, step),
             draining=lambda: self._draining,
             services=self._services,
+            worker_id=self.worker_id,
+            workflow=task.workflow,
         )
         try:
             workflow = self._registry.get(task.workflow)

@@ -288,10 +288,13 @@ def build_app(
     config: settings.IngressSettings,
     intake: Intake,
     *,
+    verifiers: Mapping[tuple[str, str], signatures.Scheme] | None = None,
     clock: Callable[[], float] = time.time,
     skip_verification_for_bench: bool = False,
 ) -> web.Application:
-    """The app (built, never run here). `clock` is the wall clock of the timestamp window;
+    """The app (built, never run here). `verifiers` holds, by (tenant, source), the verifier
+    of each source whose secret is in the vault (`credentials.read_verifiers`); the others use
+    the secrets of the config file. `clock` is the wall clock of the timestamp window;
     `skip_verification_for_bench` accepts unsigned deliveries and exists only for
     `bench/ingress.py` to measure what verification costs: never set it anywhere else."""
     if skip_verification_for_bench:
@@ -301,8 +304,13 @@ def build_app(
         )
     largest = max((s.max_body_bytes for s in config.sources), default=settings.MEBIBYTE)
     app = web.Application(client_max_size=largest, middlewares=[_answers])
+    from_vault = verifiers or {}
     app[ROUTES] = {
-        (s.tenant, s.name): Route(s, s.verifier(), TokenBucket(s.rate_limit_per_minute))
+        (s.tenant, s.name): Route(
+            s,
+            from_vault.get((s.tenant, s.name)) or s.verifier(),
+            TokenBucket(s.rate_limit_per_minute),
+        )
         for s in config.sources
     }
     app[INTAKE] = intake

@@ -7,7 +7,8 @@ and sandbox (edge.md 1.8). Where the CLI answers several failures with the same 
 `status --json` is asked afterwards to tell "tailscaled is down" from the rest.
 
 The auth key never appears in an argument list: `up` gets `--auth-key=file:<path>` (edge.md
-1.4), so `ps`, logs and the errors below show only the path.
+1.4), so `ps`, logs and the errors below show only the path. A key held elsewhere (the vault)
+goes through `auth_key_file`: a private temporary file that is deleted as soon as `up` is done.
 
 `up` runs once, on the first join; later changes go through `set`, because `up` with different
 flags on a configured node fails (edge.md T6). `join` picks between them from the current state.
@@ -36,7 +37,8 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypeVar
 
@@ -491,6 +493,19 @@ class Tailscale:
             "macOS: `sudo tailscaled install-system-daemon`)",
             result,
         )
+
+
+@contextlib.contextmanager
+def auth_key_file(key: bytes) -> Iterator[Path]:
+    """`key` in a new temporary file of mode 0600 for `join`, deleted when the block ends."""
+    fd, name = tempfile.mkstemp(prefix="appliance-tskey-")  # O_EXCL, mode 0600
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _error(cls: type[_E], message: str, result: _Result) -> _E:

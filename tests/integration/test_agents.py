@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import decimal
 import json
 from collections.abc import AsyncIterator
@@ -12,13 +11,15 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from appliance import settings
-from appliance.agents import client, costs, definitions, documents, loop, tools
+from appliance import models, settings
+from appliance.agents import client, costs, definitions, documents, loop
+from appliance.db import audit as dbaudit
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.engine import registry
 from tests.support import engine as support
-from tests.support import messages_api
+from tests.support import isolation, messages_api, workflows
+from tests.support import tools as support_tools
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -28,36 +29,11 @@ RULES = " ".join(
     f"compare it with shipment record {n * 11}, and answer politely with the outcome."
     for n in range(1, 90)
 )
-LOOKUPS: list[dict[str, Any]] = []
-RELEASE_LOOKUP = asyncio.Event()
-
-
-@tools.toolbox.tool(
-    "lookup_order",
-    "Look up an order by its number.",
-    {"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]},
-)
-async def lookup_order(call: tools.Call, arguments: dict[str, Any]) -> Any:
-    LOOKUPS.append(arguments)
-    return {"order": arguments["order"], "status": "shipped"}
-
-
-@tools.toolbox.tool(
-    "slow_lookup",
-    "Look up an order slowly.",
-    {"type": "object", "properties": {"order": {"type": "string"}}},
-)
-async def slow_lookup(call: tools.Call, arguments: dict[str, Any]) -> Any:
-    LOOKUPS.append(arguments)
-    await RELEASE_LOOKUP.wait()
-    return {"status": "shipped"}
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def api() -> AsyncIterator[messages_api.Server]:
     """A fresh Messages API stand-in."""
-    LOOKUPS.clear()
-    RELEASE_LOOKUP.clear()
     async with messages_api.running_server() as server:
         yield server
 
@@ -70,7 +46,7 @@ async def runtime(db: dbpool.Pool, api: messages_api.Server) -> AsyncIterator[lo
     )
     model = client.ModelClient(config)
     try:
-        yield loop.Runtime(db, model, config)
+        yield loop.Runtime(db, model, config, isolation.tool_actions(db))
     finally:
         await model.close()
 
@@ -82,7 +58,7 @@ async def define(
     name: str = "support",
     model: str = MODEL,
     persona: str = RULES,
-    agent_tools: tuple[str, ...] = ("lookup_order",),
+    agent_tools: tuple[str, ...] = (support_tools.lookup_order.__name__,),
     collections: tuple[str, ...] = (),
 ) -> None:
     """Apply an agent from a TOML file, as `appliance agents apply` does."""
@@ -113,6 +89,16 @@ async def run_agent(
         db, dsn, cfg, registry.registry, services={loop.SERVICE: runtime}
     ) as w:
         return await support.wait_for_state(db, task_id, workers=[w])
+
+
+async def tool_entries(db: dbpool.Pool, task_id: int, action: str) -> list[models.AuditEntry]:
+    """The task's audit entries of one action (what its tool calls left behind)."""
+    return [e for e in await dbaudit.list_chain(db, f"task:{task_id}") if e.action == action]
+
+
+async def started(db: dbpool.Pool, task_id: int) -> list[models.AuditEntry] | None:
+    """The task's tool decisions once there is one, else None."""
+    return await tool_entries(db, task_id, "tool.decided") or None
 
 
 def markers(body: dict[str, Any]) -> list[str]:
@@ -173,7 +159,7 @@ class TestAgentTask:
         task = await run_agent(db, database_dsn, runtime, "Where is order 42?")
 
         assert (task.state, task.output["turns"]) == ("succeeded", 2)
-        assert LOOKUPS == [{"order": "42"}]
+        assert len(await tool_entries(db, task.task_id, "tool.decided")) == 1
         second = api.requests_to("/v1/messages")[1].body
         result = second["messages"][-1]["content"][0]
         assert result["type"] == "tool_result"
@@ -198,7 +184,7 @@ class TestAgentTask:
         task = await run_agent(db, database_dsn, runtime, "Where is order 42?")
 
         assert task.state == "succeeded"
-        assert LOOKUPS == []
+        assert await tool_entries(db, task.task_id, "tool.decided") == []
         result = api.requests_to("/v1/messages")[1].body["messages"][-1]["content"][0]
         assert result["is_error"] is True
         assert "may not call tool 'lookup_order'" in result["content"]
@@ -324,9 +310,10 @@ class TestDurability:
         tmp_path: Path,
     ) -> None:
         """A worker stopped inside the tool step leaves model:0 checkpointed; no second call."""
-        await define(db, tmp_path, agent_tools=("slow_lookup",))
+        gate = tmp_path / "gate"
+        await define(db, tmp_path, agent_tools=(workflows.GATE_TOOL,))
         api.script(
-            messages_api.ToolUseReply("slow_lookup", {"order": "7"}),
+            messages_api.ToolUseReply(workflows.GATE_TOOL, {"gate": str(gate)}),
             messages_api.TextReply("Shipped."),
         )
         cfg = support.engine_settings(node_name="agents")
@@ -339,10 +326,8 @@ class TestDurability:
         )
         services = {loop.SERVICE: runtime}
         async with support.running_worker(db, database_dsn, cfg, registry.registry, services):
-            await support.wait_until(
-                lambda: asyncio.sleep(0, LOOKUPS or None), what="the tool to start"
-            )
-        RELEASE_LOOKUP.set()
+            await support.wait_until(lambda: started(db, task_id), what="the tool step to start")
+        gate.touch()
         async with support.running_worker(db, database_dsn, cfg, registry.registry, services) as w:
             task = await support.wait_for_state(db, task_id, workers=[w])
 

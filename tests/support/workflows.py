@@ -21,11 +21,13 @@ import asyncpg
 from appliance.agents import tools
 from appliance.db import pool as dbpool
 from appliance.engine import context, registry
+from appliance.isolation import steps
 
 COUNTED = "test.counted"
 SLEEPY = "test.sleepy"
 FAILS = "test.fails"
 GATE_TOOL = "wait_for_gate"
+ISOLATED = "test.isolated"
 STEPS = ("one", "two", "three")
 GATE_POLL_SECONDS = 0.01
 
@@ -113,6 +115,7 @@ async def fails(ctx: context.TaskContext, task_input: Any) -> Any:
     GATE_TOOL,
     "Wait until the gate file exists (a test tool that holds an agent task mid-step).",
     {"type": "object", "properties": {"gate": {"type": "string"}}, "required": ["gate"]},
+    action_class="read",
 )
 async def wait_for_gate(call: tools.Call, arguments: dict[str, Any]) -> Any:
     """Poll for the gate file every 10 ms."""
@@ -121,3 +124,20 @@ async def wait_for_gate(call: tools.Call, arguments: dict[str, Any]) -> Any:
     while not gate.exists():  # noqa: ASYNC110
         await asyncio.sleep(GATE_POLL_SECONDS)
     return {"opened": gate.name}
+
+
+async def inside_isolation(call: tools.Call, argument: Any) -> Any:
+    """An isolated step: where it runs, what it sees, and what the control plane grants it."""
+    found: dict[str, Any] = {"pid": os.getpid(), "environment": sorted(os.environ)}
+    found["own_secret"] = await call.services.secret("token")
+    try:
+        await call.services.secret("token", integration="elsewhere")
+    except Exception as exc:  # noqa: BLE001 - the refusal is the report
+        found["other_integration"] = f"refused: {exc}"
+    return found
+
+
+@registry.workflow(ISOLATED)
+async def isolated(ctx: context.TaskContext, task_input: Any) -> Any:
+    """One step in its own confined process."""
+    return await steps.run(ctx, "inside", inside_isolation, task_input, integrations=("billing",))

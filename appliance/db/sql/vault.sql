@@ -37,7 +37,8 @@ WITH current_key AS (
     SELECT $1, $2, $3, $4, k.key_version, $6, $7 FROM current_key k
     ON CONFLICT (tenant_id, integration, workflow, name) DO UPDATE
        SET key_version = excluded.key_version, ciphertext = excluded.ciphertext,
-           rotate_every = excluded.rotate_every, updated_at = now(), rotated_at = now()
+           rotate_every = excluded.rotate_every, updated_at = now(), rotated_at = now(),
+           overdue_notified_at = NULL
     RETURNING s.tenant_id, (s.xmax = 0) AS created, s.rotate_every
 )
 SELECT EXISTS (SELECT 1 FROM current_key) AS key_current,
@@ -56,7 +57,8 @@ WITH current_key AS (
      WHERE key_version = $5 AND retired_at IS NULL FOR SHARE
 ), saved AS (
     UPDATE appliance.secrets s
-       SET key_version = k.key_version, ciphertext = $6, updated_at = now(), rotated_at = now()
+       SET key_version = k.key_version, ciphertext = $6, updated_at = now(), rotated_at = now(),
+           overdue_notified_at = NULL
       FROM current_key k
      WHERE s.tenant_id = $1 AND s.integration = $2 AND s.workflow = $3 AND s.name = $4
     RETURNING s.tenant_id
@@ -103,6 +105,35 @@ SELECT tenant_id, integration, workflow, name, key_version, rotate_every,
   FROM appliance.secrets
  WHERE rotate_every IS NOT NULL AND rotated_at + rotate_every <= now()
  ORDER BY rotated_at + rotate_every, tenant_id, integration, workflow, name;
+
+-- name: announce_overdue_secrets
+-- Mark each overdue secret not yet announced in this period and emit its `secret.overdue` event.
+WITH due AS (
+    SELECT secret_id
+      FROM appliance.secrets
+     WHERE rotate_every IS NOT NULL AND rotated_at + rotate_every <= now()
+       AND overdue_notified_at IS NULL
+       FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE appliance.secrets s SET overdue_notified_at = now()
+      FROM due d
+     WHERE s.secret_id = d.secret_id
+    RETURNING s.tenant_id, s.integration, s.workflow, s.name, s.key_version, s.rotate_every,
+              s.created_at, s.updated_at, s.rotated_at, s.rotated_at + s.rotate_every AS due_at
+), events AS (
+    INSERT INTO appliance.outbox_events (tenant_id, task_id, type, payload)
+    SELECT m.tenant_id, NULL, 'secret.overdue',
+           jsonb_build_object('integration', m.integration, 'workflow', m.workflow,
+                              'name', m.name, 'due_at', m.due_at,
+                              'rotate_every', m.rotate_every::text,
+                              'overdue_seconds', floor(extract(epoch FROM now() - m.due_at)))
+      FROM marked m
+     ORDER BY m.due_at, m.tenant_id, m.integration, m.workflow, m.name
+)
+SELECT tenant_id, integration, workflow, name, key_version, rotate_every,
+       created_at, updated_at, rotated_at, due_at
+  FROM marked
+ ORDER BY due_at, tenant_id, integration, workflow, name;
 
 -- name: lock_secrets
 -- Every secret with its ciphertext, locked, for re-encryption under a new key version.
