@@ -36,6 +36,7 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     ├── NotAllowedError                 77  403
     │   ├── RunAsRootError              77  403
     │   ├── leases.LeaseRefusedError    77  403  a lease spent, expired, or outside its call's scope
+    │   ├── DeniedError                 77  403  a step was denied and the policy fails the task
     │   └── TenantIsolationError        77  403  a row of another tenant, in a tenant's context
     ├── SchemaError                     78  500  migrations drifted or are missing
     ├── AuditChainError                  1  500  the audit chain does not verify
@@ -157,6 +158,10 @@ class NotAllowedError(ApplianceError):
 
 class RunAsRootError(NotAllowedError):
     """PostgreSQL refuses to run as root."""
+
+
+class DeniedError(NotAllowedError):
+    """A step was denied (by people or a timeout) and the policy says the task fails."""
 
 
 class TenantIsolationError(NotAllowedError):

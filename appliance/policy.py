@@ -20,6 +20,9 @@ versioned rows by `appliance.db.policies`; a decision records the version that m
     tools = ["send_email"]
     conditions = [{ arg = "to", op = "domain_not_in", value = ["example.com"] }]
     effect = "require_approval"
+    approvers = 2                         # two distinct people (default: approvals.approvers)
+    on_denial = "fail_task"               # a denial fails the task (default: tell_agent, the
+                                          # model gets the denial as the tool's error)
 
 Semantics, in order (the first step that answers decides):
 
@@ -94,6 +97,7 @@ _DOMAIN = {"domain_in", "domain_not_in"}
 _TYPE_TAGS = {"bool", "int", "float", "str"}  # union members pydantic names in an error's loc
 
 Scalar = bool | int | float | str
+OnDenial = Literal["tell_agent", "fail_task"]
 
 
 class Condition(pydantic.BaseModel):
@@ -132,6 +136,20 @@ class Rule(pydantic.BaseModel):
     classes: tuple[ActionClass, ...] | None = None
     conditions: tuple[Condition, ...] = ()
     effect: Effect
+    approvers: int | None = pydantic.Field(
+        default=None, ge=1, description="require_approval: distinct people who must approve"
+    )
+    on_denial: OnDenial | None = pydantic.Field(
+        default=None, description="require_approval: what a denial does (default tell_agent)"
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _approval_fields_need_approval(self) -> Rule:
+        if self.effect != Effect.REQUIRE_APPROVAL and (
+            self.approvers is not None or self.on_denial is not None
+        ):
+            raise ValueError("approvers and on_denial apply to effect = require_approval only")
+        return self
 
     @pydantic.field_validator("agents", "tools", "classes")
     @classmethod
@@ -180,6 +198,10 @@ class Document(pydantic.BaseModel):
                     lines.append(f"{label}.{key} = {json.dumps([str(v) for v in values])}")
             lines.extend(f"{label}.when {c.render()}" for c in rule.conditions)
             lines.append(f"{label}.effect = {rule.effect}")
+            if rule.approvers is not None:
+                lines.append(f"{label}.approvers = {rule.approvers}")
+            if rule.on_denial is not None:
+                lines.append(f"{label}.on_denial = {rule.on_denial}")
         return lines
 
 
@@ -219,6 +241,8 @@ class Decision(pydantic.BaseModel):
     rule: str
     reason: str
     policy_version: int | None
+    approvers: int | None = None
+    on_denial: OnDenial = "tell_agent"
 
 
 def rule_label(index: int, rule: Rule) -> str:
@@ -316,7 +340,9 @@ def evaluate(policy: Policy | None, request: Request) -> Decision:
     if best is not None:
         index, rule = best
         label = rule_label(index, rule)
-        return decide(rule.effect, label, f"{label} matches: {rule.effect}")
+        return decide(rule.effect, label, f"{label} matches: {rule.effect}").model_copy(
+            update={"approvers": rule.approvers, "on_denial": rule.on_denial or "tell_agent"}
+        )
     effect = DEFAULTS[action_class]
     return decide(effect, "default", f"no rule matches; {action_class} defaults to {effect}")
 

@@ -89,10 +89,10 @@ class Actions:
                 shown,
                 step_key=step.step_key,
                 reason=f"{_version(decision)} {decision.rule}: {decision.reason}",
-                policy_version=decision.policy_version,
+                decision=decision,
             )
         if tool.writes:
-            recorded = await self._recorded(step, tool, shown, decision.policy_version)
+            recorded = await self._recorded(step, tool, shown, decision)
             if recorded is not None:
                 return recorded.get("value")
             await self._audit(step, "tool.intent", tool, arguments=shown, decision=decision.rule)
@@ -150,9 +150,10 @@ class Actions:
         *,
         step_key: str,
         reason: str,
-        policy_version: int | None,
+        decision: policy.Decision,
     ) -> None:
-        """Return when people approved; park the task while they have not decided."""
+        """Return when people approved; park the task while they have not decided. A denial
+        is the model's to handle, or fails the task when the deciding rule says so."""
         approval = await approvals.request(
             self._pool,
             tenant_id=step.tenant_id,
@@ -162,19 +163,20 @@ class Actions:
             action_class=tool.action_class,
             arguments=shown,
             reason=reason,
-            policy_version=policy_version,
-            approvers=self._approvals.approvers,
+            policy_version=decision.policy_version,
+            approvers=decision.approvers or self._approvals.approvers,
             timeout=dt.timedelta(seconds=self._approvals.timeout_seconds),
         )
         approvals.raise_if_pending(approval)
         if approval.state != "approved":
             why = f": {approval.decision_reason}" if approval.decision_reason else ""
-            raise errors.NotAllowedError(
-                f"approval {approval.approval_id} of {tool.name} was {approval.state}{why}"
-            )
+            message = f"approval {approval.approval_id} of {tool.name} was {approval.state}{why}"
+            if decision.on_denial == "fail_task":
+                raise errors.DeniedError(f"{message}; {decision.rule} fails the task")
+            raise errors.NotAllowedError(message)
 
     async def _recorded(
-        self, step: Step, tool: tools.Tool, shown: dict[str, Any], policy_version: int | None
+        self, step: Step, tool: tools.Tool, shown: dict[str, Any], decision: policy.Decision
     ) -> dict[str, Any] | None:
         """The result an earlier attempt recorded, or None to make the call (after settling a
         call left in doubt)."""
@@ -209,7 +211,7 @@ class Actions:
             shown,
             step_key=f"{step.step_key}#in-doubt",
             reason=f"{doubt}; approve to make the call again, deny to skip it",
-            policy_version=policy_version,
+            decision=decision,
         )
         return None
 

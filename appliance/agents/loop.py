@@ -220,7 +220,7 @@ async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
                         "content": json.dumps(result),
                     }
                 )
-            except errors.WaitError:
+            except (errors.WaitError, errors.DeniedError):
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed tool is the model's to handle
                 results.append(

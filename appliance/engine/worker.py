@@ -299,7 +299,7 @@ class Worker:
                 extra={"event": "engine.task_waiting", "task_id": task.task_id},
             )
             return await self._finish(task, ctx, "waiting", error=exc.reason, failed=True)
-        except (errors.NonDeterminismError, errors.UnknownWorkflowError) as exc:
+        except (errors.NonDeterminismError, errors.UnknownWorkflowError, errors.DeniedError) as exc:
             return await self._finish(task, ctx, "failed", error=_describe(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of workflow code ends the attempt
             return await self._failed(task, ctx, exc)

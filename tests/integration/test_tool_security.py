@@ -453,6 +453,39 @@ class TestApprovals:
         assert "was denied: no" in result["content"]
         assert harness.service.requests == []
 
+    async def test_two_approvers_and_a_denial_that_fails_the_task(self, harness: Harness) -> None:
+        """A rule asking two people: one approval keeps it pending; a denial fails the task."""
+        await dbpolicies.apply_policy(
+            harness.db,
+            tenant_id="default",
+            document_text=(
+                '[[rules]]\ntools = ["refund"]\neffect = "require_approval"\n'
+                'approvers = 2\non_denial = "fail_task"\n'
+            ),
+            actor="test",
+        )
+        harness.api.script(
+            messages_api.ToolUseReply("refund", {"port": harness.service.port, "amount": 900}),
+            messages_api.TextReply("Refunded."),
+        )
+        task_id = await harness.submit()
+        await harness.run(task_id)
+        [pending] = await approvals.list_requests(harness.db, task_id=task_id)
+        assert pending.required_approvers == 2
+        first = await approvals.decide(
+            harness.db, approval_id=pending.approval_id, approver="alice", approve=True, reason=""
+        )
+        assert first.state == "pending"
+        await approvals.decide(
+            harness.db, approval_id=pending.approval_id, approver="bob", approve=False, reason="no"
+        )
+        task = await harness.run(task_id)
+
+        assert task.state == "failed"
+        assert "fails the task" in (task.error or "")
+        assert harness.service.requests == []
+        assert len(harness.api.requests_to("/v1/messages")) == 1
+
 
 class TestResourceLimits:
     @pytest.mark.parametrize(

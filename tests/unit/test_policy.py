@@ -315,3 +315,30 @@ class TestDocument:
         assert '-rules[0] "refunds".effect = allow' in diff
         assert '+rules[0] "refunds".effect = deny' in diff
         assert "acme policy v1" in diff
+
+
+class TestApprovalRules:
+    def test_a_rule_carries_its_approvers_and_what_a_denial_does(self) -> None:
+        """approvers and on_denial of the deciding rule reach the decision."""
+        document = (
+            '[[rules]]\ntools = ["lookup_order"]\neffect = "require_approval"\n'
+            'approvers = 2\non_denial = "fail_task"\n'
+        )
+        decision = policy.evaluate(make_policy(document), call())
+
+        assert (decision.effect, decision.approvers, decision.on_denial) == (
+            policy.Effect.REQUIRE_APPROVAL,
+            2,
+            "fail_task",
+        )
+
+    def test_a_default_decision_tells_the_agent(self) -> None:
+        """Without a rule, the configured approvers apply and a denial goes to the model."""
+        decision = policy.evaluate(None, call("financial"))
+
+        assert (decision.approvers, decision.on_denial) == (None, "tell_agent")
+
+    def test_approval_fields_on_another_effect_are_refused(self) -> None:
+        """approvers on an allow rule is a mistake the parser names."""
+        with pytest.raises(errors.InputError, match="apply to effect = require_approval only"):
+            policy.parse('[[rules]]\neffect = "allow"\napprovers = 2\n')
