@@ -140,6 +140,8 @@ async def _serve(
     console: listeners.Console | None,
     verifiers: credentials.Verifiers,
 ) -> int:
+    # The vault before any work starts: a wrong master key is exit 78, not a half-started daemon.
+    isolation = await _isolation(config, db) if config.mode != "ingress" else None
     model = agent_client.ModelClient(config.model) if config.model.api_key else None
     engine_health = worker.Health()
     background = [
@@ -148,8 +150,7 @@ async def _serve(
     ]
     work: worker.Worker | None = None
     relay: outbox.Relay | None = None
-    if config.mode != "ingress":
-        isolation = await _isolation(config, db)
+    if isolation is not None:
         work = _worker(config, db, model, engine_health, isolation)
         relay = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
         background.append(asyncio.create_task(work.run(), name="engine.worker"))
