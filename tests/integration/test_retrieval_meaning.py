@@ -1,0 +1,321 @@
+"""Retrieval by meaning beside BM25, against the real Postgres: vectors stored at ingestion,
+questions in other words than the text's, and what happens without the model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.agents import documents, embedding, retrieval
+from appliance.db import documents as dbdocuments
+from appliance.db import pool as dbpool
+
+# Three short notes that share no word with the questions asked of them below.
+HOUSE = {
+    "kitchen.md": "# Kitchen\n\nThe dishwasher runs every evening after dinner. Empty it before "
+    "breakfast and put the plates back in the cupboard next to the sink.\n",
+    "garage.md": "# Garage\n\nBicycles are parked along the left wall of the garage. Pump the "
+    "tyres once a week and oil the chain after riding in the rain.\n",
+    "garden.md": "# Garden\n\nWater the tomatoes early in the morning during summer, and cover "
+    "the seedlings with fleece when frost is forecast.\n",
+}
+CROCKERY = "When should the crockery get cleaned?"  # the kitchen note, in other words
+BIKE = "How often do I inflate the wheels of my bike?"  # the garage note, in other words
+
+CODE = '''\
+def _parse_header(line):
+    """Split one raw header line into its name and its value."""
+    name, _, value = line.partition(":")
+    return name.strip(), value.strip()
+
+
+class Message:
+    """An e-mail message: headers and a body."""
+
+    def _reset(self):
+        self.headers = {}
+'''
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def house(folder: Path) -> dict[str, Path]:
+    """The notes written under `folder/house`, by name."""
+    return {name: write(folder / "house", name, text) for name, text in HOUSE.items()}
+
+
+async def ingest(
+    db: dbpool.Pool,
+    paths: list[Path],
+    *,
+    tenant_id: str = "default",
+    collection: str = "house",
+    model_dir: Path | None = None,
+) -> documents.IngestReport:
+    return await documents.add_documents(
+        db, tenant_id=tenant_id, collection=collection, paths=paths, model_dir=model_dir
+    )
+
+
+async def ask(
+    db: dbpool.Pool,
+    query: str,
+    *,
+    tenant_id: str = "default",
+    model_dir: Path | None = None,
+    top_k: int = 5,
+) -> list[retrieval.Passage]:
+    return await retrieval.retrieve(
+        db,
+        tenant_id=tenant_id,
+        collections=("house",),
+        query=query,
+        top_k=top_k,
+        token_budget=4000,
+        model_dir=model_dir,
+    )
+
+
+async def by_words(db: dbpool.Pool, query: str) -> list[str]:
+    """The sources BM25 alone finds for `query` (the words' side of the retrieval)."""
+    found = await dbdocuments.search_passages(
+        db,
+        tenant_id="default",
+        collections=["house"],
+        query=retrieval.search_query(query),
+        k1=retrieval.K1,
+        b=retrieval.B,
+        max_tokens=4000,
+        limit=10,
+    )
+    return [passage.source for passage in found.values()]
+
+
+async def vector_rows(db: dbpool.Pool) -> list[tuple[str, int, int, bool]]:
+    """(source, position, number of vectors, private) of every stored passage's vectors."""
+    rows = await db.fetch(
+        "SELECT d.source, p.position, octet_length(e.vectors) AS size, e.private"
+        "  FROM appliance.passage_embeddings e"
+        "  JOIN appliance.passages p ON p.passage_id = e.passage_id"
+        "  JOIN appliance.documents d ON d.document_id = p.document_id"
+        " ORDER BY 1, 2"
+    )
+    width = 4 * embedding.DIMENSIONS
+    return [(r["source"], r["position"], r["size"] // width, r["private"]) for r in rows]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestVectors:
+    async def test_every_passage_is_stored_with_a_vector_per_view(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """Each passage gets one unit vector per view, of the model that made them."""
+        paths = house(tmp_path)
+
+        report = await ingest(db, list(paths.values()))
+
+        assert report.model == embedding.MODEL
+        expected = sorted(
+            (path.resolve().as_posix(), passage.position, len(passage.views), False)
+            for path in paths.values()
+            for passage in documents.split(path.read_text(), name=path.name, kind="markdown")
+        )
+        assert await vector_rows(db) == expected
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM appliance.passage_embeddings WHERE model <> $1",
+                embedding.MODEL,
+            )
+            == 0
+        )
+        stored = await db.fetchval("SELECT vectors FROM appliance.passage_embeddings LIMIT 1")
+        np.testing.assert_allclose(np.linalg.norm(embedding.unpack(stored), axis=1), 1.0, atol=1e-5)
+
+    async def test_a_changed_file_replaces_its_vectors(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """New content gets new vectors; none of the old passages' are left behind."""
+        paths = house(tmp_path)
+        await ingest(db, list(paths.values()))
+        paths["kitchen.md"].write_text(
+            "# Kitchen\n\nThe oven is cleaned on the first Sunday of every month.\n"
+        )
+
+        report = await ingest(db, list(paths.values()))
+
+        assert report.replaced == (paths["kitchen.md"].resolve().as_posix(),)
+        orphans = await db.fetchval(
+            "SELECT count(*) FROM appliance.passage_embeddings e WHERE NOT EXISTS"
+            " (SELECT FROM appliance.passages p WHERE p.passage_id = e.passage_id)"
+        )
+        assert orphans == 0
+        assert len(await vector_rows(db)) == await db.fetchval(
+            "SELECT count(*) FROM appliance.passages"
+        )
+        found = await ask(db, "When is the stove scrubbed?", top_k=1)
+        assert "oven" in found[0].text
+
+    async def test_a_passage_opening_only_private_definitions_is_marked_private(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """`def _parse_header` alone is private; `class Message` with its `_reset` is not."""
+        helper = write(tmp_path, "helper.py", CODE[: CODE.index("class")])
+        message = write(tmp_path, "message.py", CODE[CODE.index("class") :])
+
+        await ingest(db, [helper, message])
+
+        assert [(Path(row[0]).name, row[3]) for row in await vector_rows(db)] == [
+            ("helper.py", True),
+            ("message.py", False),
+        ]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestMeaning:
+    async def test_a_question_in_other_words_is_found_by_meaning(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """A question sharing no word with the note that answers it finds that note first,
+        where BM25 alone finds nothing."""
+        paths = house(tmp_path)
+        await ingest(db, list(paths.values()))
+
+        assert await by_words(db, CROCKERY) == []
+        assert await by_words(db, BIKE) == []
+        assert (await ask(db, CROCKERY))[0].source == paths["kitchen.md"].resolve().as_posix()
+        assert (await ask(db, BIKE))[0].source == paths["garage.md"].resolve().as_posix()
+
+    async def test_a_question_about_nothing_held_finds_nothing(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """Passages below the similarity floor are not returned by meaning."""
+        await ingest(db, list(house(tmp_path).values()))
+
+        assert await ask(db, "quantum chromodynamics on a lattice") == []
+
+    async def test_the_exact_match_of_the_words_comes_first(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """The one note holding a word of the question comes first, though another is nearer
+        in meaning; that one comes next."""
+        paths = house(tmp_path)
+        odd = write(tmp_path / "house", "zanzibar.md", "# Zanzibar\n\nA note about spices.\n")
+        await ingest(db, [*paths.values(), odd])
+
+        found = await ask(db, f"Zanzibar: {CROCKERY}")
+
+        assert found[0].source == odd.resolve().as_posix()
+        assert found[1].source == paths["kitchen.md"].resolve().as_posix()
+
+    async def test_a_tenant_never_finds_another_tenants_passages_by_meaning(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """acme's question about bikes does not reach globex's garage note, only globex's does."""
+        paths = house(tmp_path)
+        await ingest(db, [paths["kitchen.md"]], tenant_id="acme")
+        await ingest(db, [paths["garage.md"]], tenant_id="globex")
+
+        assert await ask(db, BIKE, tenant_id="acme") == []
+        [found] = await ask(db, BIKE, tenant_id="globex")
+        assert found.source == paths["garage.md"].resolve().as_posix()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestWithoutTheModel:
+    async def test_ingestion_stores_passages_without_vectors_and_warns(
+        self, db: dbpool.Pool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Without the model, passages are stored for BM25, no vector is, and a warning says so."""
+        paths = house(tmp_path)
+
+        with caplog.at_level(logging.WARNING):
+            report = await ingest(db, list(paths.values()), model_dir=tmp_path / "no-model")
+
+        assert report.model is None
+        assert report.passages == len(HOUSE)
+        assert await vector_rows(db) == []
+        events = {getattr(r, "event", None) for r in caplog.records}
+        assert {"embedding.unavailable", "documents.not_embedded"} <= events
+
+    async def test_retrieval_falls_back_to_the_words(self, db: dbpool.Pool, tmp_path: Path) -> None:
+        """Without the model, retrieval ranks by BM25 alone: words find, paraphrases do not."""
+        paths = house(tmp_path)
+        await ingest(db, list(paths.values()))
+        missing = tmp_path / "no-model"
+
+        found = await ask(db, "dishwasher", model_dir=missing)
+
+        assert [p.source for p in found] == [paths["kitchen.md"].resolve().as_posix()]
+        assert await ask(db, CROCKERY, model_dir=missing) == []
+
+    async def test_a_passage_without_vectors_is_still_found_by_its_words(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """A note stored without vectors is found by its words beside notes that have them."""
+        paths = house(tmp_path)
+        await ingest(db, [paths["kitchen.md"]], model_dir=tmp_path / "no-model")
+        await ingest(db, [paths["garage.md"]])
+
+        found = await ask(db, "dishwasher bicycles")
+
+        assert {p.source for p in found} == {
+            paths["kitchen.md"].resolve().as_posix(),
+            paths["garage.md"].resolve().as_posix(),
+        }
+
+    async def test_a_file_stored_without_vectors_gets_them_once_the_model_is_there(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """Ingesting unchanged content again with the model stores its vectors ("embedded")."""
+        paths = house(tmp_path)
+        await ingest(db, [paths["kitchen.md"]], model_dir=tmp_path / "no-model")
+
+        report = await ingest(db, [paths["kitchen.md"]])
+        again = await ingest(db, [paths["kitchen.md"]])
+
+        source = paths["kitchen.md"].resolve().as_posix()
+        assert (report.embedded, report.added, report.replaced) == ((source,), (), ())
+        assert [row[0] for row in await vector_rows(db)] == [source]
+        assert again.unchanged == (source,)
+        assert (await ask(db, CROCKERY))[0].source == source
+
+
+class TestMerge:
+    """How the two rankings become one (pure functions of `retrieval`)."""
+
+    def test_the_words_best_comes_first_then_three_of_the_meanings(self) -> None:
+        """One slot in four goes to the words' ranking, the first one included."""
+        assert retrieval.merge([1, 2, 3], [10, 11, 12, 13, 14, 15, 16]) == [
+            1, 10, 11, 12, 2, 13, 14, 15, 3, 16,
+        ]  # fmt: skip
+
+    def test_a_passage_in_both_rankings_is_taken_once(self) -> None:
+        """A passage found both ways appears once, at its first turn."""
+        assert retrieval.merge([1, 2], [2, 3, 1, 4]) == [1, 2, 3, 4]
+
+    def test_when_one_ranking_runs_out_the_other_continues(self) -> None:
+        """Without meaning candidates the words' order is kept, and the other way round."""
+        assert retrieval.merge([3, 1, 2], []) == [3, 1, 2]
+        assert retrieval.merge([], [3, 1, 2]) == [3, 1, 2]
+
+    def test_a_private_passage_counts_less_and_a_far_one_not_at_all(self) -> None:
+        """The private penalty reorders near ties; below the floor a passage is left out."""
+        question = np.zeros(embedding.DIMENSIONS, dtype=np.float32)
+        question[0] = 1.0
+
+        def stored(passage_id: int, similarity: float, private: bool) -> dbdocuments.Vectors:
+            vector = np.zeros((1, embedding.DIMENSIONS), dtype=np.float32)
+            vector[0, 0], vector[0, 1] = similarity, np.sqrt(1 - similarity**2)
+            return dbdocuments.Vectors(passage_id, private, embedding.pack(vector))
+
+        rows = [stored(1, 0.62, True), stored(2, 0.60, False), stored(3, 0.10, False)]
+
+        assert retrieval.nearest(rows, question, 10) == [2, 1]
