@@ -141,14 +141,7 @@ async def seed(pool: dbpool.Pool, box: vault.Vault, tenant_id: str, folder: Path
     page.parent.mkdir(parents=True)
     page.write_text(f"# Refunds\n\nRefunds of {tenant_id} above 500 need an approval.\n")
     await documents.add_documents(pool, tenant_id=tenant_id, collection="handbook", paths=[page])
-    # Nothing writes passage embeddings yet (migration 0008 is a draft): a row by hand.
-    await pool.execute(
-        "INSERT INTO appliance.passage_embeddings"
-        " (passage_id, tenant_id, collection, model, vector)"
-        " SELECT passage_id, tenant_id, collection, 'test', '\\x00' FROM appliance.passages"
-        " WHERE tenant_id = $1",
-        tenant_id,
-    )
+    # add_documents embeds the passages too (the model is installed by scripts/setup.sh).
     await costs.record_call(
         pool,
         tenant_id=tenant_id,
