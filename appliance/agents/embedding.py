@@ -15,7 +15,8 @@ encoded in batches of similar length (little padding), in float32. GELU is taken
 form (`_gelu`); the vectors stay within 1e-6 cosine of sentence-transformers' on torch.
 
 When the model is not installed, `load` logs a warning (`event`: `embedding.unavailable`)
-once per folder and returns None: callers then retrieve by words alone and say so.
+once per folder and returns None: callers then retrieve by words alone and say so. Files that
+are there but do not load are a ConfigError, never vectors of a half-read model.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import safetensors.numpy
 import tokenizers
+
+from appliance import errors
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +212,8 @@ def unpack(data: bytes) -> Vectors:
 @functools.cache
 def load(directory: Path | None = None) -> Encoder | None:
     """The encoder of the model in `directory` (default: the installed package's), loaded
-    once per process; None, with a logged warning, when the model's files are not there."""
+    once per process; None, with a logged warning, when the model's files are not there;
+    ConfigError when they are there but cannot be loaded."""
     folder = directory if directory is not None else package_directory()
     needed = ("model.safetensors", "tokenizer.json", "1_Pooling/config.json")
     if folder is None or not all((folder / name).is_file() for name in needed):
@@ -222,4 +226,7 @@ def load(directory: Path | None = None) -> Encoder | None:
             extra={"event": "embedding.unavailable", "directory": where},
         )
         return None
-    return Encoder(folder)
+    try:
+        return Encoder(folder)
+    except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+        raise errors.ConfigError(f"embedding model in {folder} cannot be loaded: {exc}") from exc

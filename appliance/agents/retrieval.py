@@ -84,6 +84,9 @@ async def retrieve(
         return []
     limit = top_k * CANDIDATES_PER_PASSAGE + EXTRA_CANDIDATES
     encoder = await asyncio.to_thread(embedding.load, model_dir)
+    # The question is embedded first, in a thread: overlapping it with the queries was slower
+    # on 2 cores (the encoder's BLAS threads and the decoding of the vectors contend).
+    question = None if encoder is None else (await asyncio.to_thread(encoder.encode, [query]))[0]
     lexical_search = dbdocuments.search_passages(
         db,
         tenant_id=tenant_id,
@@ -97,20 +100,16 @@ async def retrieve(
         title_b=TITLE_B,
     )
     semantic: list[int] = []
-    if encoder is None:
+    if question is None:
         lexical = await lexical_search
     else:
-        lexical, semantic = await asyncio.gather(
+        lexical, stored = await asyncio.gather(
             lexical_search,
-            semantic_ranking(
-                db,
-                encoder,
-                tenant_id=tenant_id,
-                collections=collections,
-                query=query,
-                limit=limit,
+            dbdocuments.list_passage_vectors(
+                db, tenant_id=tenant_id, collections=collections, model=embedding.MODEL
             ),
         )
+        semantic = nearest(stored, question, limit)
     order = merge(list(lexical), semantic)
     missing = [passage_id for passage_id in order if passage_id not in lexical]
     found = dict(lexical)
@@ -132,31 +131,13 @@ async def retrieve(
     return chosen
 
 
-async def semantic_ranking(
-    db: dbpool.Pool,
-    encoder: embedding.Encoder,
-    *,
-    tenant_id: str,
-    collections: Sequence[str],
-    query: str,
-    limit: int,
-) -> list[int]:
-    """The ids of the `limit` passages nearest `query` in meaning, nearest first."""
-    stored, question = await asyncio.gather(
-        dbdocuments.list_passage_vectors(
-            db, tenant_id=tenant_id, collections=collections, model=embedding.MODEL
-        ),
-        asyncio.to_thread(encoder.encode, [query]),
-    )
-    if not stored:
-        return []
-    return await asyncio.to_thread(nearest, stored, question[0], limit)
-
-
 def nearest(
     stored: Sequence[dbdocuments.Vectors], question: embedding.Vectors, limit: int
 ) -> list[int]:
-    """The ids of the `limit` passages whose best view is nearest `question`, nearest first."""
+    """The ids of the `limit` passages whose best view is nearest `question`, nearest first
+    (a few milliseconds for a thousand passages, so it runs in the event loop)."""
+    if not stored:
+        return []
     matrix = embedding.unpack(b"".join(row.vectors for row in stored))
     counts = [len(row.vectors) // (4 * embedding.DIMENSIONS) for row in stored]
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from appliance import errors
 from appliance.agents import embedding
 
 SENTENCES = (
@@ -124,3 +126,15 @@ class TestLoading:
         assert record.levelno == logging.WARNING
         assert getattr(record, "event", None) == "embedding.unavailable"
         assert "words only" in record.getMessage()
+
+    def test_a_damaged_model_is_a_configuration_error(self, tmp_path: Path) -> None:
+        """Model files that are there but do not load are refused, not half used."""
+        source = embedding.package_directory()
+        assert source is not None
+        (tmp_path / "1_Pooling").mkdir()
+        shutil.copy(source / "1_Pooling" / "config.json", tmp_path / "1_Pooling" / "config.json")
+        shutil.copy(source / "tokenizer.json", tmp_path / "tokenizer.json")
+        (tmp_path / "model.safetensors").write_bytes(b"not a model")
+
+        with pytest.raises(errors.ConfigError, match="cannot be loaded"):
+            embedding.load(tmp_path)
