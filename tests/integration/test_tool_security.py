@@ -340,7 +340,10 @@ class TestAuditBeforeWrite:
                     "DROP FUNCTION appliance.test_refuse_intent()"
                 )
         assert harness.service.requests == []
-        assert task.state in {"failed", "succeeded"}
+        assert task.state == "succeeded"
+        result = harness.tool_result(-1)
+        assert result["is_error"] is True
+        assert "audit store refuses" in result["content"]
         assert await harness.entries(task.task_id, "lease.granted", "tool.result") == []
 
     async def interrupt(self, harness: Harness, tool: str) -> int:
