@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from appliance import errors, models, settings
 from appliance.db import ingress as dbingress
@@ -24,7 +23,7 @@ from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.engine import context, registry
 from appliance.ingress import intake as ingress_intake
-from appliance.ingress import signatures, webhooks
+from appliance.ingress import public, signatures, webhooks
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(30)]
 
@@ -121,16 +120,17 @@ async def serving(
     config = settings.IngressSettings(
         enabled=True, sources=sources(), enqueue_timeout_seconds=enqueue_timeout
     )
-    runner = web.AppRunner(webhooks.build_app(config, intake), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    listener = await public.listen(
+        webhooks.Endpoint(config, intake),
+        host="127.0.0.1",
+        port=0,
+        limits=public.Limits.of(config),
+    )
     try:
-        port = runner.addresses[0][1]
         async with aiohttp.ClientSession() as session:
-            yield Endpoint(f"http://127.0.0.1:{port}", session)
+            yield Endpoint(f"http://127.0.0.1:{listener.port}", session)
     finally:
-        await runner.cleanup()
+        await listener.close()
 
 
 @contextlib.asynccontextmanager
@@ -322,9 +322,12 @@ async def refused(
     status: int,
     error: str,
 ) -> None:
-    """The answer is `status` with exactly {"error": error}, and nothing was enqueued."""
+    """The answer is `status` with {"error": error} (and, for a refusal the sender can fix, a
+    one-line reason), and nothing was enqueued."""
     got_status, body, _ = answer
+    reason = body.pop("reason", None)
     assert (got_status, body) == (status, {"error": error})
+    assert reason is None or (status in (400, 408, 413) and "\n" not in reason)
     assert await tasks(db) == []
 
 
