@@ -153,7 +153,14 @@ class _Connection(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._source is None:
             return
-        if not self._busy:
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:  # a request's headers are complete (or refused)
+            self._busy = True
+            self._head = 0
+            self._cancel_deadline()
+        elif not self._busy:
+            self._head += len(data)
             if self._head > MAX_REQUEST_HEAD_BYTES:
                 self._shared.mistake(
                     "ingress.head_too_large",
@@ -162,14 +169,6 @@ class _Connection(web.RequestHandler):
                     MAX_REQUEST_HEAD_BYTES,
                 )
                 self._close_with(HEAD_TOO_LARGE)
-                return
-            self._head += len(data)
-        parsed = self._request_count
-        super().data_received(data)
-        if self._request_count != parsed:  # a request's headers are complete (or refused)
-            self._busy = True
-            self._head = 0
-            self._cancel_deadline()
 
     def request_started(self) -> None:
         """The handler has a request (a pipelined one may start without new bytes)."""
