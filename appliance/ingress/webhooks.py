@@ -195,6 +195,7 @@ class Endpoint:
         self._enqueue_timeout = config.enqueue_timeout_seconds
         self._body_timeout = config.body_timeout_seconds
         self.budget = guard.BodyBudget(config.body_budget_bytes)
+        self._trimmer = guard.Trimmer(self.budget)
         self._throttle = guard.Throttle()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -229,6 +230,8 @@ class Endpoint:
             yield held
         finally:
             self.budget.give_back(held.size)
+            if held.size >= _READ_CHUNK and self.budget.used == 0:
+                self._trimmer.emptied(asyncio.get_running_loop())
 
     def _log_refusal(self, request: web.BaseRequest, rejected: _Rejected) -> None:
         kind = f"ingress.rejected.{rejected.status}"
