@@ -159,8 +159,8 @@ class TestHeldBodies:
         self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
     ) -> None:
         """200 connections each declare 1 MiB and send all but its last byte, unsigned: the
-        daemon's RSS grows by less than 150 MiB (the 64 MiB budget plus buffers; not 227), and comes
-        back near where it was once they hang up."""
+        daemon's RSS grows by less than 150 MiB (the 64 MiB budget plus buffers; main grew
+        227), and comes back near where it was once they hang up."""
         await workflows.create_step_runs(db)
         async with daemon.running(database_dsn, tmp_path, overrides=overrides()) as edge:
             port = int(edge.ready["ingress_port"])
