@@ -5,8 +5,8 @@
 Serves the ingress endpoint on 127.0.0.1 (the public port's server, caps and all) against a
 fresh database (DATABASE_URL, else the server on localhost:5432, else a throwaway cluster;
 dropped after), and sends Standard Webhooks deliveries from `--concurrency` clients sharing
-one aiohttp session (from one address: its per-address connection cap is lifted). Each 202 means the task and its
-delivery row are committed. The same run is repeated with verification skipped
+one aiohttp session (from one address: its per-address connection cap is lifted). Each 202
+means the task and its delivery row are committed. The same run is repeated with verification skipped
 (`skip_verification_for_bench`), to show what HMAC verification costs, and once more verified
 but with one delivery per transaction (no grouping of the deliveries that arrive together), to
 show what grouping buys: every task notifies the workers, and Postgres serialises the commits

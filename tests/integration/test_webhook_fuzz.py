@@ -146,7 +146,7 @@ def _mutations(
         )
         return body, {k: v for k, v in headers.items() if k != name}
 
-    found = {
+    found: dict[str, Mutation] = {
         "flipped body byte": flip,
         "appended body byte": append,
         "cut body": cut,
