@@ -7,8 +7,8 @@ fresh database (DATABASE_URL, else the server on localhost:5432, else a throwawa
 dropped after), and sends Standard Webhooks deliveries from `--concurrency` clients sharing
 one aiohttp session (from one address: its per-address connection cap is lifted). Each 202
 means the task and its delivery row are committed. The same run is repeated with verification
-skipped (`skip_verification_for_bench`), to show what HMAC verification costs, and once more verified
-but with one delivery per transaction (no grouping of the deliveries that arrive together), to
+skipped (`skip_verification_for_bench`), to show what HMAC verification costs, and once more
+verified but with one delivery per transaction (no grouping of the deliveries that arrive together), to
 show what grouping buys: every task notifies the workers, and Postgres serialises the commits
 of notifying transactions, WAL flush included. Last, `--idle` deliveries one at a time give the
 latency of a lone delivery. Each phase starts with a short warm-up that is not counted. The
