@@ -4,13 +4,13 @@
 
 Serves the ingress endpoint on 127.0.0.1 (the public port's server, caps and all) against a
 fresh database (DATABASE_URL, else the server on localhost:5432, else a throwaway cluster;
-dropped after), and sends Standard Webhooks deliveries from `--concurrency` clients sharing
-one aiohttp session (from one address: its per-address connection cap is lifted). Each 202
-means the task and its delivery row are committed. The same run is repeated with verification
-skipped (`skip_verification_for_bench`), to show what HMAC verification costs, and once more
-verified but with one delivery per transaction (no grouping of the deliveries that arrive together), to
-show what grouping buys: every task notifies the workers, and Postgres serialises the commits
-of notifying transactions, WAL flush included. Last, `--idle` deliveries one at a time give the
+dropped after), and sends Standard Webhooks deliveries from `--concurrency` clients sharing one
+aiohttp session (from one address: its per-address connection cap is lifted). Each 202 means the
+task and its delivery row are committed. The same run is repeated with verification skipped
+(`skip_verification_for_bench`), to show what HMAC verification costs, and once more verified
+but with one delivery per transaction (no grouping of the deliveries that arrive together), to
+show what grouping buys: every task notifies the workers, and Postgres serialises the commits of
+notifying transactions, WAL flush included. Last, `--idle` deliveries one at a time give the
 latency of a lone delivery. Each phase starts with a short warm-up that is not counted. The
 clients run in this process, on the same cores as the server and Postgres. The last line is one
 JSON object with every figure.
