@@ -19,8 +19,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from appliance import approvals, demo, errors, health, leases, outbox, settings, vault
 from appliance.agents import actions, loop
 from appliance.agents import client as agent_client
@@ -28,7 +26,7 @@ from appliance.db import connection, migrations
 from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
 from appliance.engine import registry, submission, worker
-from appliance.ingress import credentials, watch, webhooks
+from appliance.ingress import credentials, guard, public, watch, webhooks
 from appliance.ingress import intake as ingress_intake
 from appliance.isolation import steps, supervisor
 from appliance.mesh import exposure, listeners, tailscale
@@ -58,6 +56,13 @@ def sd_notify(message: str) -> None:
 async def run(config: settings.Settings, options: Options) -> int:
     """Run the daemon until a signal (or, with until_idle, until no work is left)."""
     registry.import_modules(config.engine.workflow_modules)
+    soft, hard = guard.raise_open_files_limit()
+    log.info(
+        "open files: %d (hard limit %d)",
+        soft,
+        hard,
+        extra={"event": "daemon.open_files", "soft": soft, "hard": hard},
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -255,17 +260,15 @@ def _worker(
 class _Public:
     """The public webhook listener and the intake behind it."""
 
-    runner: web.AppRunner
+    listener: public.Listener
     intake: ingress_intake.DurableIntake
 
     @property
     def port(self) -> int:
-        for address in self.runner.addresses:
-            return int(address[1])
-        return 0
+        return self.listener.port
 
     async def close(self) -> None:
-        await self.runner.cleanup()
+        await self.listener.close()
         await self.intake.close()
 
 
@@ -285,34 +288,61 @@ async def _start_ingress(
         return None
     intake = ingress_intake.DurableIntake(db.pool, registry.registry, config.engine)
     intake.check(config.ingress.sources)
-    app = webhooks.build_app(config.ingress, intake, verifiers=verifiers)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    limits = _public_limits(config)
+    endpoint = webhooks.Endpoint(config.ingress, intake, verifiers=verifiers)
     try:
-        await web.TCPSite(runner, config.ingress.host, config.ingress.port).start()
+        listener = await public.listen(
+            endpoint, host=config.ingress.host, port=config.ingress.port, limits=limits
+        )
     except OSError as exc:
-        await runner.cleanup()
         await intake.close()
         raise errors.ConfigError(
             f"ingress: cannot listen on {config.ingress.host}:{config.ingress.port}: {exc.strerror}"
         ) from exc
-    public = _Public(runner, intake)
-    policy = listeners.policy_of(config, [public.port])
+    public_port = _Public(listener, intake)
+    policy = listeners.policy_of(config, [public_port.port])
     if console is not None:
         console.policy = policy
     try:
         exposure.gate_own_sockets(policy)
     except errors.ConfigError:
-        await public.close()
+        await public_port.close()
         raise
     log.info(
-        "webhooks on %s:%d (%d source(s))",
+        "webhooks on %s:%d (%d source(s), at most %d connections, %d per address)",
         config.ingress.host,
-        public.port,
+        public_port.port,
         len(config.ingress.sources),
-        extra={"event": "ingress.listening", "port": public.port},
+        limits.connections,
+        limits.per_address,
+        extra={
+            "event": "ingress.listening",
+            "port": public_port.port,
+            "max_connections": limits.connections,
+            "max_connections_per_address": limits.per_address,
+        },
     )
-    return public
+    return public_port
+
+
+def _public_limits(config: settings.Settings) -> public.Limits:
+    """The public port's limits, its connection cap fitted under the open-files limit."""
+    configured = config.ingress.max_connections
+    cap, limit = guard.fitted_connection_cap(configured, pool_max=config.database.pool_max)
+    if cap < guard.MINIMUM_CONNECTIONS:
+        raise errors.ConfigError(
+            f"ingress: the open-files limit ({limit}) leaves room for {cap} public connections; "
+            "raise it (LimitNOFILE= in the unit, or ulimit -n)"
+        )
+    if cap < configured:
+        log.warning(
+            "ingress.max_connections lowered from %d to %d to fit the open-files limit (%d)",
+            configured,
+            cap,
+            limit,
+            extra={"event": "ingress.connections_lowered", "max_connections": cap},
+        )
+    return public.Limits.of(config.ingress, connections=cap)
 
 
 async def _watch_database(

@@ -329,12 +329,51 @@ class IngressSettings(_Section):
     enqueue_timeout_seconds: float = pydantic.Field(
         default=10.0, gt=0, description="a delivery Postgres has not taken by then is 503"
     )
+    max_connections: int = pydantic.Field(
+        default=512,
+        ge=1,
+        description="connections open at once on the public port (lowered at start to fit the "
+        "open-files limit); one more is answered 503 and closed",
+    )
+    max_connections_per_address: int = pydantic.Field(
+        default=32, ge=1, description="the same, per source address (an IPv6 /64 counts as one)"
+    )
+    header_timeout_seconds: float = pydantic.Field(
+        default=10.0,
+        gt=0,
+        description="a new connection's request line and headers must arrive within this, "
+        "else 408 and closed",
+    )
+    body_timeout_seconds: float = pydantic.Field(
+        default=30.0, gt=0, description="a body must arrive whole within this, else 408 and closed"
+    )
+    keepalive_timeout_seconds: float = pydantic.Field(
+        default=15.0,
+        gt=0,
+        description="an idle kept-alive connection (or one whose next request's headers are "
+        "not complete) is closed this long after the previous answer",
+    )
+    keepalive_requests: int = pydantic.Field(
+        default=100, ge=1, description="requests served on one connection before it is closed"
+    )
+    body_budget_bytes: int = pydantic.Field(
+        default=64 * MEBIBYTE,
+        ge=1,
+        description="bytes of request bodies in flight across all connections (unverified "
+        "ones included); a body that does not fit is 503 with Retry-After",
+    )
     sources: tuple[Source, ...] = pydantic.Field(
         default=(), description="the senders, each at /hooks/<tenant>/<name>"
     )
 
     @pydantic.model_validator(mode="after")
-    def _unique_sources(self) -> IngressSettings:
+    def _sources_fit(self) -> IngressSettings:
+        largest = max((source.max_body_bytes for source in self.sources), default=0)
+        if largest > self.body_budget_bytes:
+            raise ValueError(
+                f"body_budget_bytes ({self.body_budget_bytes}) is smaller than the largest "
+                f"max_body_bytes of a source ({largest}): such a body could never be accepted"
+            )
         seen: set[tuple[str, str]] = set()
         for source in self.sources:
             key = (source.tenant, source.name)

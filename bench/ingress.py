@@ -2,14 +2,15 @@
 
     python bench/ingress.py [--deliveries 3000] [--concurrency 32] [--idle 300]
 
-Serves the ingress app on 127.0.0.1 against a fresh database (DATABASE_URL, else the server on
-localhost:5432, else a throwaway cluster; dropped after), and sends Standard Webhooks deliveries
-from `--concurrency` clients sharing one aiohttp session. Each 202 means the task and its
-delivery row are committed. The same run is repeated with verification skipped
+Serves the ingress endpoint on 127.0.0.1 (the public port's server, caps and all) against a
+fresh database (DATABASE_URL, else the server on localhost:5432, else a throwaway cluster;
+dropped after), and sends Standard Webhooks deliveries from `--concurrency` clients sharing one
+aiohttp session (from one address: its per-address connection cap is lifted). Each 202 means the
+task and its delivery row are committed. The same run is repeated with verification skipped
 (`skip_verification_for_bench`), to show what HMAC verification costs, and once more verified
 but with one delivery per transaction (no grouping of the deliveries that arrive together), to
-show what grouping buys: every task notifies the workers, and Postgres serialises the commits
-of notifying transactions, WAL flush included. Last, `--idle` deliveries one at a time give the
+show what grouping buys: every task notifies the workers, and Postgres serialises the commits of
+notifying transactions, WAL flush included. Last, `--idle` deliveries one at a time give the
 latency of a lone delivery. Each phase starts with a short warm-up that is not counted. The
 clients run in this process, on the same cores as the server and Postgres. The last line is one
 JSON object with every figure.
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,7 +37,7 @@ from appliance.db import pool as dbpool  # noqa: E402
 from appliance.db import tenants as dbtenants  # noqa: E402
 from appliance.engine import context, registry  # noqa: E402
 from appliance.ingress import intake as ingress_intake  # noqa: E402
-from appliance.ingress import signatures, webhooks  # noqa: E402
+from appliance.ingress import public, signatures, webhooks  # noqa: E402
 from tests.support import postgres  # noqa: E402
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - the spec's test secret
@@ -105,6 +105,7 @@ async def _phase(
 ) -> tuple[float, list[float]]:
     config = settings.IngressSettings(
         enabled=True,
+        max_connections_per_address=1024,
         sources=(
             settings.Source(
                 tenant="default",
@@ -122,18 +123,16 @@ async def _phase(
             pool, _registry(), settings.EngineSettings(), committers=concurrency, group_size=1
         )
     )
-    app = webhooks.build_app(config, intake, skip_verification_for_bench=not verify)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    endpoint = webhooks.Endpoint(config, intake, skip_verification_for_bench=not verify)
+    listener = await public.listen(
+        endpoint, host="127.0.0.1", port=0, limits=public.Limits.of(config)
+    )
     try:
-        port = runner.addresses[0][1]
-        url = f"http://127.0.0.1:{port}/hooks/default/bench"
+        url = f"http://127.0.0.1:{listener.port}/hooks/default/bench"
         await _drive(url, f"{label}warm", WARMUP, concurrency)
         return await _drive(url, label, count, concurrency)
     finally:
-        await runner.cleanup()
+        await listener.close()
         await intake.close()
 
 

@@ -1,4 +1,10 @@
-"""Query wrappers of `sql/ingress.sql`: the webhook deliveries the ingress accepted."""
+"""Query wrappers of `sql/ingress.sql`: the webhook deliveries the ingress accepted.
+
+Besides one row per delivery id, a delivery of a scheme that signs the body only (GitHub) has a
+row for its body, keyed `BODY_KEY_PREFIX` + the body's SHA-256 in hex: a space can never be in
+a sender's delivery id (1-255 visible ASCII characters), so the two never collide. Both rows
+live as long as the task (ON DELETE CASCADE).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,12 @@ from collections.abc import AsyncIterator
 from appliance.db import pool, sql
 
 _Q = sql.load("ingress")
+BODY_KEY_PREFIX = "body sha256 "
+
+
+def body_key(body_sha256: bytes) -> str:
+    """The delivery_id under which a body's hash is recorded."""
+    return BODY_KEY_PREFIX + body_sha256.hex()
 
 
 @contextlib.asynccontextmanager
@@ -41,3 +53,29 @@ async def find_delivery(
             _Q["find_delivery"], tenant_id, source, delivery_id
         )
     return task_id
+
+
+async def record_body(
+    conn: pool.Connection,
+    *,
+    tenant_id: str,
+    source: str,
+    body_sha256: bytes,
+    task_id: int,
+) -> bool:
+    """Remember that a body (by its SHA-256) of the source enqueued the task; False when the
+    body was recorded before (waiting for a transaction in flight that recorded it)."""
+    with pool.translated():
+        recorded: int | None = await conn.fetchval(
+            _Q["record_body"], tenant_id, source, body_key(body_sha256), task_id
+        )
+    return recorded is not None
+
+
+async def find_body(
+    conn: pool.Connection | pool.Pool, *, tenant_id: str, source: str, body_sha256: bytes
+) -> int | None:
+    """The id of the task that the first delivery of this body (its SHA-256) enqueued, or None."""
+    return await find_delivery(
+        conn, tenant_id=tenant_id, source=source, delivery_id=body_key(body_sha256)
+    )

@@ -40,6 +40,7 @@ class _Delivery:
     workflow: str
     delivery_id: str
     task_input: Any
+    body_sha256: bytes | None
     answer: asyncio.Future[models.Submitted]
 
     @property
@@ -47,12 +48,18 @@ class _Delivery:
         return f"hook:{self.source}:{self.delivery_id}"
 
 
+class _BodySeen(Exception):  # noqa: N818 - rolls a savepoint back, never leaves this module
+    pass
+
+
 class DurableIntake:
     """Enqueues verified deliveries as tasks and remembers their delivery ids, durably.
 
     A delivery's task is unique per tenant under the idempotency key `hook:<source>:<delivery
-    id>`, and its delivery row is written in the task's transaction. `committers` transactions
-    run at once, each with up to `group_size` deliveries.
+    id>`, and its delivery row is written in the task's transaction. A delivery that comes with
+    its body's SHA-256 (a scheme that signs the body only) is also unique per source by that
+    hash: a body the source delivered before, under any id, is answered with the first task.
+    `committers` transactions run at once, each with up to `group_size` deliveries.
     """
 
     def __init__(
@@ -91,12 +98,16 @@ class DurableIntake:
         workflow: str,
         delivery_id: str,
         task_input: Any,
+        body_sha256: bytes | None = None,
     ) -> models.Submitted:
         """The delivery's task, once committed: created now, or the one an earlier delivery
         with its id made (also when that one came with another input: a sender that re-sent
-        other headers or another body under the same id; the first task is the answer)."""
+        other headers or another body under the same id; the first task is the answer), or,
+        given `body_sha256`, the one an earlier delivery of the same body made."""
         answer: asyncio.Future[models.Submitted] = asyncio.get_running_loop().create_future()
-        delivery = _Delivery(tenant_id, source, workflow, delivery_id, task_input, answer)
+        delivery = _Delivery(
+            tenant_id, source, workflow, delivery_id, task_input, body_sha256, answer
+        )
         self._waiting.append(delivery)
         if self._committing < self._committers:
             self._committing += 1
@@ -163,29 +174,58 @@ class DurableIntake:
         async with dbingress.transaction(self._pool) as conn:
             for delivery in group:
                 try:
-                    submitted = await submission.submit(
-                        conn,
-                        self._workflows,
-                        self._config,
-                        tenant_id=delivery.tenant_id,
-                        workflow=delivery.workflow,
-                        task_input=delivery.task_input,
-                        idempotency_key=delivery.key,
-                        actor=f"hook:{delivery.source}",
-                    )
+                    if delivery.body_sha256 is None:
+                        answers.append(await self._submit(conn, delivery))
+                    else:
+                        answers.append(
+                            await self._submit_body_once(conn, delivery, delivery.body_sha256)
+                        )
                 except errors.IdempotencyConflictError:
                     answers.append(None)  # raised after the statement: the transaction is intact
-                    continue
-                if submitted.created:
-                    await dbingress.record_delivery(
-                        conn,
-                        tenant_id=delivery.tenant_id,
-                        source=delivery.source,
-                        delivery_id=delivery.delivery_id,
-                        task_id=submitted.task_id,
-                    )
-                answers.append(submitted)
         return answers
+
+    async def _submit(self, conn: dbpool.Connection, delivery: _Delivery) -> models.Submitted:
+        submitted = await submission.submit(
+            conn,
+            self._workflows,
+            self._config,
+            tenant_id=delivery.tenant_id,
+            workflow=delivery.workflow,
+            task_input=delivery.task_input,
+            idempotency_key=delivery.key,
+            actor=f"hook:{delivery.source}",
+        )
+        if submitted.created:
+            await dbingress.record_delivery(
+                conn,
+                tenant_id=delivery.tenant_id,
+                source=delivery.source,
+                delivery_id=delivery.delivery_id,
+                task_id=submitted.task_id,
+            )
+        return submitted
+
+    async def _submit_body_once(
+        self, conn: dbpool.Connection, delivery: _Delivery, body_sha256: bytes
+    ) -> models.Submitted:
+        """Like `_submit`, unless the source delivered this body before: then its first task.
+        The task and the body's record are made in a savepoint, undone when a concurrent
+        transaction recorded the same body first (the insert waits for it to commit)."""
+        where = {"tenant_id": delivery.tenant_id, "source": delivery.source}
+        first = await dbingress.find_body(conn, **where, body_sha256=body_sha256)
+        if first is not None:
+            return models.Submitted(first, created=False)
+        try:
+            async with conn.transaction():
+                submitted = await self._submit(conn, delivery)
+                if submitted.created:
+                    await _record_body(conn, delivery, body_sha256, submitted.task_id)
+        except _BodySeen:
+            first = await dbingress.find_body(conn, **where, body_sha256=body_sha256)
+            if first is None:  # recorded and gone again (its task deleted) between the two
+                raise errors.StateError("a replayed body's first task was deleted") from None
+            return models.Submitted(first, created=False)
+        return submitted
 
     async def _first_task(self, delivery: _Delivery) -> models.Submitted | errors.ApplianceError:
         task_id = await dbingress.find_delivery(
@@ -200,6 +240,20 @@ class DurableIntake:
                 "a task that no delivery recorded"
             )
         return models.Submitted(task_id, created=False)
+
+
+async def _record_body(
+    conn: dbpool.Connection, delivery: _Delivery, body_sha256: bytes, task_id: int
+) -> None:
+    """Record the body as the task's; _BodySeen when another delivery recorded it first."""
+    if not await dbingress.record_body(
+        conn,
+        tenant_id=delivery.tenant_id,
+        source=delivery.source,
+        body_sha256=body_sha256,
+        task_id=task_id,
+    ):
+        raise _BodySeen
 
 
 def _settle(delivery: _Delivery, outcome: models.Submitted | BaseException) -> None:

@@ -2,7 +2,9 @@
 headers, body, secrets and the time; nothing here does I/O.
 
 - `standard`: headers webhook-id, webhook-timestamp, webhook-signature (`v1,<base64>` entries,
-  space-separated); signs `{id}.{timestamp}.{body}`; key: the base64 after `whsec_`, decoded.
+  space-separated), or the same as svix-id, svix-timestamp, svix-signature (what Svix-powered
+  senders send); signs `{id}.{timestamp}.{body}`; key: the base64 after `whsec_`, decoded
+  (padding optional, as for the reference library).
 - `github`: headers X-Hub-Signature-256 (`sha256=<hex>`), X-GitHub-Delivery; signs the body;
   key: the secret's UTF-8 bytes.
 - `stripe`: header Stripe-Signature (`t=<ts>,v1=<hex>[,v1=<hex>...]`); signs `{t}.{body}`;
@@ -15,7 +17,8 @@ where the header carries several signatures, any one that verifies. Standard Web
 sign a timestamp, which must lie within `WINDOW_SECONDS` of now, in both directions (Stripe's own
 library checks only the past; a future timestamp is as suspect as an old one). The window is
 checked before the MAC (it is cheaper). GitHub signs no timestamp: a captured body verifies
-forever, so only the delivery-id de-duplication of the caller stands against its replay.
+forever: `signs_delivery` is False for it, and the caller de-duplicates its deliveries by the
+body's hash besides the delivery id.
 
 The delivery id is `webhook-id` (standard), `X-GitHub-Delivery` (github), or the `id` of the
 event in the JSON body (stripe: the header has none, and the event id is what Stripe retries
@@ -47,6 +50,13 @@ MIN_STANDARD_KEY_BYTES = 16
 _ID = re.compile(r"[\x21-\x7e]{1,255}")
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*")
+SVIX_NAMES = {
+    "webhook-id": "svix-id",
+    "webhook-timestamp": "svix-timestamp",
+    "webhook-signature": "svix-signature",
+}
+"""Svix-powered senders send the Standard Webhooks headers under these names."""
 
 
 class MalformedDeliveryError(errors.InputError):
@@ -105,6 +115,9 @@ class Scheme(abc.ABC):
     name: ClassVar[str]
     headers: ClassVar[tuple[str, ...]]
     """The headers (lower case) the scheme reads."""
+    signs_delivery: ClassVar[bool] = True
+    """False when the signature covers the body only: a captured delivery, resent under a new
+    delivery id, verifies again."""
 
     def __init__(self, secrets: Sequence[str]) -> None:
         if not secrets:
@@ -129,17 +142,22 @@ class StandardWebhooks(Scheme):
     """Standard Webhooks v1 (`v1,<base64>` HMAC-SHA256 entries; `v1a` Ed25519 ones are skipped)."""
 
     name = "standard"
-    headers = ("webhook-id", "webhook-timestamp", "webhook-signature")
+    headers = (
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        *(SVIX_NAMES.values()),
+    )
 
     @staticmethod
     def key(secret: str) -> bytes:
-        encoded = secret.removeprefix(STANDARD_PREFIX)
-        try:
-            key = base64.b64decode(encoded, validate=True)
-        except ValueError as exc:  # binascii.Error, or a non-ASCII string
+        encoded = secret.removeprefix(STANDARD_PREFIX).rstrip("=")
+        if len(encoded) % 4 == 1 or not _BASE64.fullmatch(encoded):
             raise errors.ConfigError(
-                "a Standard Webhooks secret is `whsec_` and base64; this one is not base64"
-            ) from exc
+                "a Standard Webhooks secret is `whsec_` and base64 (A-Z a-z 0-9 + /, padding "
+                "optional); this one is not base64"
+            )
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
         if len(key) < MIN_STANDARD_KEY_BYTES:
             raise errors.ConfigError(
                 f"a Standard Webhooks secret must decode to at least {MIN_STANDARD_KEY_BYTES} "
@@ -147,19 +165,27 @@ class StandardWebhooks(Scheme):
             )
         return key
 
+    @staticmethod
+    def _header(headers: Mapping[str, str], name: str) -> str | None:
+        """`webhook-<x>`, or Svix's `svix-<x>` in its place; both, with two values, is 400."""
+        value, alias = headers.get(name), headers.get(SVIX_NAMES[name])
+        if value is not None and alias is not None and value != alias:
+            raise MalformedDeliveryError(f"the {name} and {SVIX_NAMES[name]} headers differ")
+        return value if value is not None else alias
+
     def delivery_id(self, headers: Mapping[str, str], body: bytes) -> str:
-        value = _delivery_id(headers.get("webhook-id"), "webhook-id")
+        value = _delivery_id(self._header(headers, "webhook-id"), "webhook-id (or svix-id)")
         if "." in value:
             raise MalformedDeliveryError("the webhook-id header contains '.'")
         return value
 
     def verify(self, headers: Mapping[str, str], body: bytes, *, now: float) -> str:
         delivery = self.delivery_id(headers, body)
-        stamp = headers.get("webhook-timestamp")
-        timestamp = _timestamp(stamp, "the webhook-timestamp header")
-        signature = headers.get("webhook-signature")
+        stamp = self._header(headers, "webhook-timestamp")
+        timestamp = _timestamp(stamp, "the webhook-timestamp (or svix-timestamp) header")
+        signature = self._header(headers, "webhook-signature")
         if signature is None:
-            raise SignatureError("the webhook-signature header is missing")
+            raise SignatureError("the webhook-signature (or svix-signature) header is missing")
         _within_window(timestamp, now, WINDOW_SECONDS)
         candidates = []
         for entry in signature.split(" "):
@@ -182,6 +208,7 @@ class GitHub(Scheme):
 
     name = "github"
     headers = ("x-hub-signature-256", "x-github-delivery")
+    signs_delivery = False
 
     @staticmethod
     def key(secret: str) -> bytes:

@@ -1,70 +1,73 @@
 """The public webhook endpoint: `POST /hooks/{tenant}/{source}`, the one public port.
 
-A delivery is checked in this order, each failure answered with a short JSON `{"error": ...}`
-that names no internal detail (the detail goes to the log, event `ingress.rejected`):
+`Endpoint` is the request handler that `public.listen` serves (the connection caps, deadlines
+and protocol errors are `public`'s). A delivery is checked in this order, each failure answered
+with a short JSON `{"error": ...}` (plus `"reason"`, one line, where the sender can fix it:
+400, 408, 413) that quotes nothing of the request; the detail goes to the log, event
+`ingress.rejected`, one line per status per period at most:
 
 1. the tenant has a configured source of that name, else 404 (the same 404 as any other path or
    method: this port serves nothing else, no health, no metrics, no console);
 2. the body fits the source's `max_body_bytes`: a larger Content-Length is refused before
-   reading, and the limit is enforced while reading (chunked bodies too), else 413;
-3. the source's scheme verifies it (`signatures`): malformed headers or body 400, a missing or
+   reading (and before `100 Continue`), and the limit is enforced while reading (chunked bodies
+   too), else 413;
+3. the body fits the body budget (`ingress.body_budget_bytes`, bytes of bodies in flight across
+   every connection; a declared length is counted whole before reading), else 503 with
+   `Retry-After`; it arrives within `ingress.body_timeout_seconds`, else 408;
+4. the source's scheme verifies it (`signatures`): malformed headers or body 400, a missing or
    wrong signature or a timestamp outside the window 401;
-4. the source's rate limit, counted over verified deliveries only (so a flood of forgeries
+5. the source's rate limit, counted over verified deliveries only (so a flood of forgeries
    cannot use up a sender's allowance), else 429 with `retry-after`;
-5. the delivery is enqueued durably as a task of the source's workflow with the idempotency key
+6. the task input can hold it as sent (`payload`), else 400 with the reason;
+7. the delivery is enqueued durably as a task of the source's workflow with the idempotency key
    `hook:<source>:<delivery id>`: 202 `{"task_id": N}` once committed. A delivery id seen before
    (in Postgres: any process, any restart) is answered 200 `{"task_id": N, "duplicate": true}`
-   with the first task, so the sender stops retrying and no second task is made. Postgres down
-   (or not answering within `enqueue_timeout_seconds`) is 503, and the sender retries.
+   with the first task, so the sender stops retrying and no second task is made; so is, for a
+   scheme that signs the body only (GitHub), a body the source delivered before under another
+   id. Postgres down (or not answering within `enqueue_timeout_seconds`) is 503 with
+   `Retry-After`, and the sender retries.
 
-The task input is `{"source", "delivery_id", "headers", "body"}`: `headers` holds only
-`FORWARDED_HEADERS` that are present (never a signature or a timestamp, so a retry that the
-sender signs again is the same input); `body` is the decoded JSON when the body parses as JSON,
-else its text, else (not UTF-8) null with the bytes in `body_base64`.
-
-Rate limits are per process (a token bucket per source that refills `rate_limit_per_minute`
-each minute); replay protection is not (it lives in Postgres).
+Rate limits and the body budget are per process; replay protection is not (it lives in
+Postgres).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import dataclasses
-import json
+import hashlib
 import logging
 import math
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from appliance import errors, models, settings
-from appliance.ingress import signatures
+from appliance.ingress import guard, payload, signatures
 
 log = logging.getLogger(__name__)
 
-FORWARDED_HEADERS = (
-    "content-type",
-    "user-agent",
-    "webhook-id",
-    "x-github-event",
-    "x-github-delivery",
-    "x-github-hook-id",
-    "x-github-hook-installation-target-id",
-    "x-github-hook-installation-target-type",
-)
+_PATH = re.compile(r"/hooks/([^/]+)/([^/]+)")
 _READ_CHUNK = 64 * 1024
 _REASONS = {
     400: "bad request",
     401: "unauthorized",
     404: "not found",
+    408: "request timeout",
     413: "payload too large",
+    409: "conflict",
+    417: "expectation failed",
     429: "too many requests",
     500: "internal error",
     503: "unavailable",
 }
+_EXPLAINED = frozenset({400, 408, 413, 417})
+"""Statuses whose answer carries the one-line reason: the sender can fix what they name."""
+RETRY_AFTER_SECONDS = 5
 
 
 class Intake(Protocol):
@@ -78,8 +81,10 @@ class Intake(Protocol):
         workflow: str,
         delivery_id: str,
         task_input: Any,
+        body_sha256: bytes | None = None,
     ) -> models.Submitted:
-        """The task of this delivery (created False: an earlier delivery with its id made it)."""
+        """The task of this delivery (created False: an earlier delivery with its id, or with
+        the body of `body_sha256` when given, made it)."""
         ...
 
 
@@ -113,47 +118,266 @@ class Route:
     bucket: TokenBucket
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Options:
-    """How the endpoint behaves beyond its sources."""
-
-    clock: Callable[[], float] = time.time
-    enqueue_timeout_seconds: float = 10.0
-    verify: bool = True
-
-
-ROUTES = web.AppKey("ingress.routes", dict[tuple[str, str], Route])
-INTAKE: web.AppKey[Intake] = web.AppKey("ingress.intake")
-OPTIONS = web.AppKey("ingress.options", Options)
-
-
 class _Rejected(Exception):  # noqa: N818 - an answer, not an error of ours
-    def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = dict(headers or {})
+        self.close = close  # the body was not read to its end: the connection cannot go on
 
 
-def _answer(status: int, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response(
-        {"error": _REASONS.get(status, "error")}, status=status, headers=headers
-    )
+def _answer(
+    status: int, reason: str | None = None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    answer = {"error": _REASONS.get(status, "error")}
+    if reason is not None and status in _EXPLAINED:
+        answer["reason"] = reason
+    return web.json_response(answer, status=status, headers=headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    length = request.content_length
-    if length is not None and length > limit:
-        raise _Rejected(413, f"Content-Length {length} is over the limit of {limit} bytes")
-    body = bytearray()
-    while chunk := await request.content.read(_READ_CHUNK):
-        body.extend(chunk)
-        if len(body) > limit:
-            raise _Rejected(413, f"the body is over the limit of {limit} bytes")
-    return bytes(body)
+class _Held:
+    """The bytes of one request's body counted in the budget, given back when it is answered."""
+
+    def __init__(self, budget: guard.BodyBudget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> bool:
+        if not self._budget.take(size):
+            return False
+        self.size += size
+        return True
 
 
-def _scheme_headers(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
+class Endpoint:
+    """The handler of the public port (served by `public.listen`, built, never run here).
+
+    `verifiers` holds, by (tenant, source), the verifier of each source whose secret is in the
+    vault (`credentials.read_verifiers`); the others use the secrets of the config file. `clock`
+    is the wall clock of the timestamp window; `skip_verification_for_bench` accepts unsigned
+    deliveries and exists only for `bench/ingress.py` to measure what verification costs: never
+    set it anywhere else."""
+
+    def __init__(
+        self,
+        config: settings.IngressSettings,
+        intake: Intake,
+        *,
+        verifiers: Mapping[tuple[str, str], signatures.Scheme] | None = None,
+        clock: Callable[[], float] = time.time,
+        skip_verification_for_bench: bool = False,
+    ) -> None:
+        if skip_verification_for_bench:
+            log.warning(
+                "webhook signatures are NOT verified (benchmark mode)",
+                extra={"event": "ingress.unverified"},
+            )
+        from_vault = verifiers or {}
+        self._routes = {
+            (s.tenant, s.name): Route(
+                s,
+                from_vault.get((s.tenant, s.name)) or s.verifier(),
+                TokenBucket(s.rate_limit_per_minute),
+            )
+            for s in config.sources
+        }
+        self._intake = intake
+        self._clock = clock
+        self._verify = not skip_verification_for_bench
+        self._enqueue_timeout = config.enqueue_timeout_seconds
+        self._body_timeout = config.body_timeout_seconds
+        self.budget = guard.BodyBudget(config.body_budget_bytes)
+        self._trimmer = guard.Trimmer(self.budget)
+        self._throttle = guard.Throttle()
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every answer is short JSON; the reason of a refusal goes to the log, throttled."""
+        try:
+            with self._holding() as held:
+                return await self._accept(request, held)
+        except _Rejected as rejected:
+            self._log_refusal(request, rejected)
+            response = _answer(rejected.status, rejected.detail, rejected.headers)
+            if rejected.close:
+                response.force_close()
+            return response
+        except Exception:
+            left_out = self._throttle.admit("ingress.failed")
+            if left_out is not None:
+                log.exception(
+                    "delivery failed: %s %s%s",
+                    request.method,
+                    request.path,
+                    _left_out(left_out),
+                    extra={"event": "ingress.failed", "left_out": left_out},
+                )
+            response = _answer(500)
+            response.force_close()
+            return response
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[_Held]:
+        held = _Held(self.budget)
+        try:
+            yield held
+        finally:
+            self.budget.give_back(held.size)
+            if held.size >= _READ_CHUNK and self.budget.used == 0:
+                self._trimmer.emptied(asyncio.get_running_loop())
+
+    def _log_refusal(self, request: web.BaseRequest, rejected: _Rejected) -> None:
+        kind = f"ingress.rejected.{rejected.status}"
+        left_out = self._throttle.admit(kind)
+        if left_out is None:
+            return
+        log.log(
+            logging.WARNING if rejected.status >= 500 else logging.INFO,
+            "refused %s %s: %d %s%s",
+            request.method,
+            request.path,
+            rejected.status,
+            rejected.detail,
+            _left_out(left_out),
+            extra={
+                "event": "ingress.rejected",
+                "status": rejected.status,
+                "left_out": left_out,
+                "method": request.method,
+                "path": request.path,
+            },
+        )
+
+    def _route(self, request: web.BaseRequest) -> Route:
+        matched = _PATH.fullmatch(request.path)
+        route = self._routes.get((matched[1], matched[2])) if matched else None
+        if route is None or request.method != hdrs.METH_POST:
+            raise _Rejected(404, "no such source")
+        return route
+
+    async def _accept(self, request: web.BaseRequest, held: _Held) -> web.Response:
+        route = self._route(request)
+        source = route.source
+        body = await self._read_body(request, source.max_body_bytes, held)
+        headers = _scheme_headers(request, route.verifier.headers)
+        try:
+            if self._verify:
+                delivery_id = route.verifier.verify(headers, body, now=self._clock())
+            else:
+                delivery_id = route.verifier.delivery_id(headers, body)
+        except (signatures.MalformedDeliveryError, signatures.SignatureError) as exc:
+            raise _Rejected(exc.http_status, exc.message) from exc
+        wait = route.bucket.take()
+        if wait:
+            retry_after = str(max(1, math.ceil(wait)))
+            raise _Rejected(429, "over the rate limit", {"Retry-After": retry_after})
+        try:
+            task_input = payload.task_input(
+                source=source.name, delivery_id=delivery_id, headers=request.headers, body=body
+            )
+        except signatures.MalformedDeliveryError as exc:
+            raise _Rejected(400, exc.message) from exc
+        submitted = await self._enqueue(
+            route,
+            delivery_id=delivery_id,
+            task_input=task_input,
+            body_sha256=None if route.verifier.signs_delivery else hashlib.sha256(body).digest(),
+        )
+        if not submitted.created:
+            log.info(
+                "duplicate delivery %s of %s/%s: task %d",
+                delivery_id,
+                source.tenant,
+                source.name,
+                submitted.task_id,
+                extra={"event": "ingress.duplicate", "task_id": submitted.task_id},
+            )
+            return web.json_response({"task_id": submitted.task_id, "duplicate": True}, status=200)
+        return web.json_response({"task_id": submitted.task_id}, status=202)
+
+    async def _enqueue(
+        self, route: Route, *, delivery_id: str, task_input: Any, body_sha256: bytes | None
+    ) -> models.Submitted:
+        unavailable = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        try:
+            async with asyncio.timeout(self._enqueue_timeout):
+                return await self._intake.enqueue(
+                    tenant_id=route.source.tenant,
+                    source=route.source.name,
+                    workflow=route.source.workflow,
+                    delivery_id=delivery_id,
+                    task_input=task_input,
+                    body_sha256=body_sha256,
+                )
+        except TimeoutError as exc:
+            raise _Rejected(503, "Postgres did not take the delivery in time", unavailable) from exc
+        except (errors.DependencyError, errors.LockedError) as exc:
+            raise _Rejected(503, exc.message, unavailable) from exc
+        except errors.UnknownTenantError as exc:
+            raise _Rejected(404, exc.message) from exc
+        except errors.IdempotencyConflictError as exc:  # the key is another task's
+            raise _Rejected(409, exc.message) from exc
+        except errors.InputError as exc:  # the engine refused the input the body made
+            raise _Rejected(400, exc.message) from exc
+
+    async def _read_body(self, request: web.BaseRequest, limit: int, held: _Held) -> bytes:
+        """The body, within the source's limit, the budget and the deadline; 100 Continue only
+        once the body will be read."""
+        length = request.content_length
+        if length is not None and length > limit:
+            raise _Rejected(
+                413, f"the Content-Length {length} is over the limit of {limit} bytes", close=True
+            )
+        if length is not None and not held.take(length):
+            raise _Rejected(503, "the body budget is spent", _busy(), close=True)
+        await _continue(request)
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                while chunk := await request.content.read(_READ_CHUNK):
+                    if len(body) + len(chunk) > limit:
+                        raise _Rejected(413, f"the body is over {limit} bytes", close=True)
+                    if length is None and not held.take(len(chunk)):
+                        raise _Rejected(503, "the body budget is spent", _busy(), close=True)
+                    body.extend(chunk)
+        except TimeoutError as exc:
+            raise _Rejected(
+                408, f"the body did not arrive within {self._body_timeout:.0f}s", close=True
+            ) from exc
+        except web.RequestPayloadError as exc:
+            broken = "the body's framing is broken (its length or its chunks)"
+            raise _Rejected(400, broken, close=True) from exc
+        return bytes(body)
+
+
+def _left_out(count: int) -> str:
+    return f" ({count} more like it not logged)" if count else ""
+
+
+def _busy() -> dict[str, str]:
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` (only now that the body is wanted)."""
+    expect = request.headers.get(hdrs.EXPECT)
+    if expect is None:
+        return
+    if expect.lower() != "100-continue":
+        raise _Rejected(417, "the only expectation served is 100-continue", close=True)
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+
+
+def _scheme_headers(request: web.BaseRequest, names: tuple[str, ...]) -> dict[str, str]:
     """The scheme's headers, by lower-case name; a header sent twice is malformed."""
     picked: dict[str, str] = {}
     for name in names:
@@ -163,162 +387,3 @@ def _scheme_headers(request: web.Request, names: tuple[str, ...]) -> dict[str, s
         if values:
             picked[name] = values[0]
     return picked
-
-
-def _task_input(request: web.Request, source: str, delivery_id: str, body: bytes) -> Any:
-    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
-    task_input: dict[str, Any] = {
-        "source": source,
-        "delivery_id": delivery_id,
-        "headers": headers,
-    }
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        task_input["body"] = None
-        task_input["body_base64"] = base64.b64encode(body).decode("ascii")
-        return task_input
-    try:
-        task_input["body"] = json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        task_input["body"] = text
-    return task_input
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON that Postgres stores")
-
-
-async def _accept(request: web.Request) -> web.Response:
-    tenant, name = request.match_info["tenant"], request.match_info["source"]
-    route = request.app[ROUTES].get((tenant, name))
-    if route is None:
-        raise _Rejected(404, "no such source")
-    source = route.source
-    options = request.app[OPTIONS]
-    body = await _read_body(request, source.max_body_bytes)
-    headers = _scheme_headers(request, route.verifier.headers)
-    try:
-        if options.verify:
-            delivery_id = route.verifier.verify(headers, body, now=options.clock())
-        else:
-            delivery_id = route.verifier.delivery_id(headers, body)
-    except (signatures.MalformedDeliveryError, signatures.SignatureError) as exc:
-        raise _Rejected(exc.http_status, exc.message) from exc
-    wait = route.bucket.take()
-    if wait:
-        retry_after = str(max(1, math.ceil(wait)))
-        raise _Rejected(429, "over the rate limit", {"Retry-After": retry_after})
-    task_input = _task_input(request, name, delivery_id, body)
-    try:
-        async with asyncio.timeout(options.enqueue_timeout_seconds):
-            submitted = await request.app[INTAKE].enqueue(
-                tenant_id=tenant,
-                source=name,
-                workflow=source.workflow,
-                delivery_id=delivery_id,
-                task_input=task_input,
-            )
-    except TimeoutError as exc:
-        raise _Rejected(503, "Postgres did not take the delivery in time") from exc
-    except (errors.DependencyError, errors.LockedError) as exc:
-        raise _Rejected(503, exc.message) from exc
-    except errors.UnknownTenantError as exc:
-        raise _Rejected(404, exc.message) from exc
-    if not submitted.created:
-        log.info(
-            "duplicate delivery %s of %s/%s: task %d",
-            delivery_id,
-            tenant,
-            name,
-            submitted.task_id,
-            extra={"event": "ingress.duplicate", "task_id": submitted.task_id},
-        )
-        return web.json_response({"task_id": submitted.task_id, "duplicate": True}, status=200)
-    return web.json_response({"task_id": submitted.task_id}, status=202)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def _answers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer is short JSON; the reason of a refusal goes to the log only."""
-    where = {"method": request.method, "path": request.path}
-    try:
-        return await handler(request)
-    except _Rejected as rejected:
-        log.log(
-            logging.WARNING if rejected.status >= 500 else logging.INFO,
-            "refused %s %s: %d %s",
-            request.method,
-            request.path,
-            rejected.status,
-            rejected.detail,
-            extra={"event": "ingress.rejected", "status": rejected.status, **where},
-        )
-        return _answer(rejected.status, rejected.headers)
-    except web.HTTPException as exc:
-        if exc.status not in (404, 405):
-            log.info(
-                "refused %s %s: %d (%s)",
-                request.method,
-                request.path,
-                exc.status,
-                exc.reason,
-                extra={"event": "ingress.rejected", "status": exc.status, **where},
-            )
-            return _answer(exc.status)
-        return _answer(404)
-    except Exception:
-        log.exception(
-            "delivery failed: %s %s",
-            request.method,
-            request.path,
-            extra={"event": "ingress.failed", **where},
-        )
-        return _answer(500)
-
-
-async def _without_server_header(_: web.Request, response: web.StreamResponse) -> None:
-    response.headers.popall("Server", None)
-
-
-def build_app(
-    config: settings.IngressSettings,
-    intake: Intake,
-    *,
-    verifiers: Mapping[tuple[str, str], signatures.Scheme] | None = None,
-    clock: Callable[[], float] = time.time,
-    skip_verification_for_bench: bool = False,
-) -> web.Application:
-    """The app (built, never run here). `verifiers` holds, by (tenant, source), the verifier
-    of each source whose secret is in the vault (`credentials.read_verifiers`); the others use
-    the secrets of the config file. `clock` is the wall clock of the timestamp window;
-    `skip_verification_for_bench` accepts unsigned deliveries and exists only for
-    `bench/ingress.py` to measure what verification costs: never set it anywhere else."""
-    if skip_verification_for_bench:
-        log.warning(
-            "webhook signatures are NOT verified (benchmark mode)",
-            extra={"event": "ingress.unverified"},
-        )
-    largest = max((s.max_body_bytes for s in config.sources), default=settings.MEBIBYTE)
-    app = web.Application(client_max_size=largest, middlewares=[_answers])
-    from_vault = verifiers or {}
-    app[ROUTES] = {
-        (s.tenant, s.name): Route(
-            s,
-            from_vault.get((s.tenant, s.name)) or s.verifier(),
-            TokenBucket(s.rate_limit_per_minute),
-        )
-        for s in config.sources
-    }
-    app[INTAKE] = intake
-    app[OPTIONS] = Options(
-        clock=clock,
-        enqueue_timeout_seconds=config.enqueue_timeout_seconds,
-        verify=not skip_verification_for_bench,
-    )
-    app.router.add_post("/hooks/{tenant}/{source}", _accept)
-    app.on_response_prepare.append(_without_server_header)
-    return app

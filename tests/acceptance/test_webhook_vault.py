@@ -4,6 +4,7 @@ but doctor warns about it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+import standardwebhooks
 
 from appliance import vault
 from appliance.db import pool as dbpool
@@ -104,6 +106,31 @@ class TestVaultSecret:
             port = int(edge.ready["ingress_port"])
             assert await deliver(port, SECRET, "msg_new") == 202
             assert await deliver(port, OLD_SECRET, "msg_old") == 202
+
+    async def test_an_unpadded_secret_is_accepted(
+        self, db: dbpool.Pool, key_file: Path, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """`whsec_` + base64 without its `=` padding (valid for the reference library) starts
+        the daemon, and a delivery the reference library signs with it is 202."""
+        unpadded = FORGED.rstrip("=")
+        await workflows.create_step_runs(db)
+        await store(tmp_path, key_file, database_dsn, unpadded + "\n")
+        async with daemon.running(database_dsn, tmp_path, overrides=overrides(key_file)) as edge:
+            port = int(edge.ready["ingress_port"])
+            now = dt.datetime.now(dt.UTC)
+            body = b'{"order": 1}'
+            signer = standardwebhooks.Webhook(unpadded)
+            headers = {
+                "webhook-id": "msg_u",
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": signer.sign("msg_u", now, body),
+            }
+            url = f"http://127.0.0.1:{port}/hooks/default/shop"
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url, data=body, headers=headers) as got,
+            ):
+                assert got.status == 202
 
     async def test_a_missing_secret_stops_the_start_with_78(
         self, db: dbpool.Pool, key_file: Path, database_dsn: str, tmp_path: Path

@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from appliance import errors, models, settings
 from appliance.db import ingress as dbingress
@@ -24,7 +23,7 @@ from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.engine import context, registry
 from appliance.ingress import intake as ingress_intake
-from appliance.ingress import signatures, webhooks
+from appliance.ingress import public, signatures, webhooks
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(30)]
 
@@ -121,16 +120,17 @@ async def serving(
     config = settings.IngressSettings(
         enabled=True, sources=sources(), enqueue_timeout_seconds=enqueue_timeout
     )
-    runner = web.AppRunner(webhooks.build_app(config, intake), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    listener = await public.listen(
+        webhooks.Endpoint(config, intake),
+        host="127.0.0.1",
+        port=0,
+        limits=public.Limits.of(config),
+    )
     try:
-        port = runner.addresses[0][1]
         async with aiohttp.ClientSession() as session:
-            yield Endpoint(f"http://127.0.0.1:{port}", session)
+            yield Endpoint(f"http://127.0.0.1:{listener.port}", session)
     finally:
-        await runner.cleanup()
+        await listener.close()
 
 
 @contextlib.asynccontextmanager
@@ -316,15 +316,145 @@ class TestReplay:
         assert len(await tasks(db)) == 1
 
 
+def github(body: bytes, delivery_id: str, event: str = "issues") -> dict[str, str]:
+    """GitHub's headers for this body: its signature, a delivery id, an event."""
+    return {
+        "x-hub-signature-256": signatures.sign_github(GH_SECRET, body),
+        "x-github-delivery": delivery_id,
+        "x-github-event": event,
+    }
+
+
+class TestGitHubReplay:
+    BODY = b'{"action": "opened", "issue": {"number": 7}}'
+
+    async def test_a_captured_body_under_a_fresh_delivery_id_is_a_duplicate(
+        self, endpoint: Endpoint, db: dbpool.Pool
+    ) -> None:
+        """GitHub signs the body only: the same signed body under new ids (and another event
+        header) is answered with the first task, no second task."""
+        url = endpoint.url(source="repo")
+        _, first, _ = await endpoint.post(url, self.BODY, github(self.BODY, "guid-1"))
+        replays = [
+            await endpoint.post(url, self.BODY, github(self.BODY, f"guid-{n}", event))
+            for n, event in ((2, "issues"), (3, "push"), (4, "issues"))
+        ]
+        assert [(status, answer) for status, answer, _ in replays] == [
+            (200, {"task_id": first["task_id"], "duplicate": True})
+        ] * 3
+        assert len(await tasks(db)) == 1
+
+    async def test_concurrent_replays_under_many_ids_make_one_task(
+        self, endpoint: Endpoint, db: dbpool.Pool
+    ) -> None:
+        """Ten copies of one body, each under its own id, sent at once: one task."""
+        url = endpoint.url(source="repo")
+        answers = await asyncio.gather(
+            *(endpoint.post(url, self.BODY, github(self.BODY, f"guid-{n}")) for n in range(10))
+        )
+        assert sorted(status for status, _, _ in answers) == [200] * 9 + [202]
+        assert len({answer["task_id"] for _, answer, _ in answers}) == 1
+        assert len(await tasks(db)) == 1
+
+    async def test_other_bodies_are_other_deliveries(
+        self, endpoint: Endpoint, db: dbpool.Pool
+    ) -> None:
+        """A body differing by one byte is a new delivery."""
+        url = endpoint.url(source="repo")
+        other = self.BODY.replace(b"7", b"8")
+        statuses = [
+            (await endpoint.post(url, body, github(body, f"guid-{n}")))[0]
+            for n, body in enumerate((self.BODY, other))
+        ]
+        assert statuses == [202, 202]
+        assert len(await tasks(db)) == 2
+
+    async def test_the_body_is_remembered_per_source_and_tenant(
+        self, endpoint: Endpoint, db: dbpool.Pool
+    ) -> None:
+        """The same body to another source is that source's own delivery."""
+        await endpoint.post(endpoint.url(source="repo"), self.BODY, github(self.BODY, "g1"))
+        status, _, _ = await endpoint.deliver(self.BODY, delivery_id="g1")
+        assert status == 202
+        assert len(await tasks(db)) == 2
+
+    async def test_the_replay_protection_outlives_the_process_state(self, db: dbpool.Pool) -> None:
+        """A new app and intake (as after a restart) still know the body."""
+        async with durable_intake(db) as intake, serving(intake) as before:
+            url = before.url(source="repo")
+            _, first, _ = await before.post(url, self.BODY, github(self.BODY, "g1"))
+        async with durable_intake(db) as intake, serving(intake) as after:
+            status, again, _ = await after.post(
+                after.url(source="repo"), self.BODY, github(self.BODY, "g2")
+            )
+        assert (status, again["task_id"]) == (200, first["task_id"])
+
+    async def test_standard_webhooks_deliveries_are_not_merged_by_body(
+        self, endpoint: Endpoint, db: dbpool.Pool
+    ) -> None:
+        """A scheme that signs its ids: the same body under two ids is two deliveries."""
+        for delivery_id in ("msg_1", "msg_2"):
+            status, _, _ = await endpoint.deliver(self.BODY, delivery_id=delivery_id)
+            assert status == 202
+        assert len(await tasks(db)) == 2
+
+
+class TestStorableBodies:
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"amount": 1e999}',
+            b'{"name": "\\u0000"}',
+            b'{"name": "\\ud800"}',
+            b'{"id": 1, "id": 2}',
+            b"[" * 5000 + b"]" * 5000,
+            b'{"n": ' + b"7" * 5000 + b"}",
+            b"NaN",
+        ],
+    )
+    async def test_a_signed_body_postgres_cannot_store_is_400(
+        self, endpoint: Endpoint, db: dbpool.Pool, body: bytes
+    ) -> None:
+        """Correctly signed, but not storable as sent: 400 with a reason, never a 500."""
+        status, answer, _ = await endpoint.deliver(body)
+        assert (status, answer["error"]) == (400, "bad request")
+        assert answer["reason"].startswith("the body is JSON")
+        assert await tasks(db) == []
+
+    async def test_a_forwarded_header_that_is_not_utf8_is_400(
+        self, endpoint: Endpoint, db: dbpool.Pool
+    ) -> None:
+        """A User-Agent of bytes that are not UTF-8 (raw, as a socket sends them): 400."""
+        body = b"{}"
+        headers = signed(body, "msg_1")
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+        raw = (
+            b"POST /hooks/default/billing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + lines
+            + b"User-Agent: \xff\xfe\r\nContent-Length: 2\r\n\r\n"
+            + body
+        )
+        host, port = endpoint.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+        assert await tasks(db) == []
+
+
 async def refused(
     db: dbpool.Pool,
     answer: tuple[int, Any, Mapping[str, str]],
     status: int,
     error: str,
 ) -> None:
-    """The answer is `status` with exactly {"error": error}, and nothing was enqueued."""
+    """The answer is `status` with {"error": error} (and, for a refusal the sender can fix, a
+    one-line reason), and nothing was enqueued."""
     got_status, body, _ = answer
+    reason = body.pop("reason", None)
     assert (got_status, body) == (status, {"error": error})
+    assert reason is None or (status in (400, 408, 413) and "\n" not in reason)
     assert await tasks(db) == []
 
 

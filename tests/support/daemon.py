@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -201,11 +203,13 @@ async def start(
     name: str = "daemon",
     node: str = "n1",
     overrides: Mapping[str, Any] | None = None,
+    open_files: int | None = None,
 ) -> Daemon:
     """Start `appliance run` and wait for its `daemon.ready` line.
 
     It logs JSON at INFO, takes a free health port, ships outbox events to
     `<folder>/events.jsonl`, and knows the workflows of `tests.support.workflows`.
+    `open_files` sets its RLIMIT_NOFILE, soft and hard, before it starts.
     """
     settings: dict[str, Any] = {
         "engine.node_name": node,
@@ -228,6 +232,7 @@ async def start(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         limit=_LINE_LIMIT,
+        preexec_fn=None if open_files is None else functools.partial(_limit_files, open_files),
     )
     daemon = Daemon(process, name, folder / f"{name}.log")
     try:
@@ -238,6 +243,10 @@ async def start(
     return daemon
 
 
+def _limit_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 @contextlib.asynccontextmanager
 async def running(
     dsn: str,
@@ -246,9 +255,12 @@ async def running(
     name: str = "daemon",
     node: str = "n1",
     overrides: Mapping[str, Any] | None = None,
+    open_files: int | None = None,
 ) -> AsyncIterator[Daemon]:
     """A ready daemon for the block; killed (SIGKILL) afterwards if it still runs."""
-    daemon = await start(dsn, folder, name=name, node=node, overrides=overrides)
+    daemon = await start(
+        dsn, folder, name=name, node=node, overrides=overrides, open_files=open_files
+    )
     try:
         yield daemon
     finally:

@@ -175,11 +175,80 @@ class TestStandardWebhooksMalformed:
         with pytest.raises(signatures.SignatureError):
             standard().verify(standard_headers(signature), STD_BODY, now=STD_TIMESTAMP)
 
-    @pytest.mark.parametrize("secret", ["whsec_not base64!", "whsec_" + "QUJD"])
+    @pytest.mark.parametrize(
+        "secret",
+        [
+            "whsec_not base64!",
+            "whsec_" + "QUJD",
+            "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVV-_=",
+            "whsec_" + "A" * 33,
+        ],
+    )
     def test_a_secret_that_is_not_a_base64_key_is_a_config_error(self, secret: str) -> None:
-        """A secret that is not base64, or decodes to a key too short, fails at configuration."""
-        with pytest.raises(errors.ConfigError):
+        """A secret that is not base64 (or of a length no base64 has), or that decodes to a key
+        too short, fails at configuration, and the message does not quote it."""
+        with pytest.raises(errors.ConfigError) as caught:
             standard(secret)
+        assert secret.removeprefix("whsec_") not in caught.value.message
+
+
+def unpadded(secret: str) -> str:
+    return secret.rstrip("=")
+
+
+class TestStandardWebhooksSecretForms:
+    @pytest.mark.parametrize("size", [16, 17, 20, 24, 32, 35, 64])
+    def test_an_unpadded_secret_verifies_like_its_padded_form(self, size: int) -> None:
+        """`whsec_` + base64 without its `=` padding (accepted by the reference library) is the
+        same key as with it, for every length of padding."""
+        key = bytes(range(size))
+        padded = "whsec_" + base64.b64encode(key).decode()
+        body = b'{"n": 1}'
+        signature = signatures.sign_standard(padded, STD_ID, STD_TIMESTAMP, body)
+        headers = standard_headers(signature)
+        for secret in (padded, unpadded(padded), unpadded(padded).removeprefix("whsec_")):
+            assert standard(secret).verify(headers, body, now=STD_TIMESTAMP) == STD_ID
+
+    def test_the_published_secret_without_padding_verifies(self) -> None:
+        """The reference vector, its secret stripped of any padding, still verifies."""
+        verifier = standard(unpadded(STD_SECRET))
+        assert verifier.verify(standard_headers(), STD_BODY, now=STD_TIMESTAMP) == STD_ID
+
+
+class TestSvixHeaderNames:
+    @staticmethod
+    def svix(headers: dict[str, str]) -> dict[str, str]:
+        return {name.replace("webhook-", "svix-"): value for name, value in headers.items()}
+
+    def test_svix_names_verify_as_the_standard_ones(self) -> None:
+        """svix-id, svix-timestamp and svix-signature stand for the webhook-* headers."""
+        headers = self.svix(standard_headers())
+        assert standard().verify(headers, STD_BODY, now=STD_TIMESTAMP) == STD_ID
+
+    @pytest.mark.parametrize("kept", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+    def test_a_mix_of_both_names_verifies(self, kept: str) -> None:
+        """Each header is read under either name."""
+        headers = {**self.svix(standard_headers()), kept: standard_headers()[kept]}
+        del headers[kept.replace("webhook-", "svix-")]
+        assert standard().verify(headers, STD_BODY, now=STD_TIMESTAMP) == STD_ID
+
+    def test_both_names_with_one_value_verify(self) -> None:
+        """The same value under both names is not ambiguous."""
+        headers = {**standard_headers(), **self.svix(standard_headers())}
+        assert standard().verify(headers, STD_BODY, now=STD_TIMESTAMP) == STD_ID
+
+    @pytest.mark.parametrize("name", ["webhook-id", "webhook-timestamp"])
+    def test_both_names_with_two_values_are_malformed(self, name: str) -> None:
+        """webhook-id: a and svix-id: b is refused as ambiguous (400)."""
+        headers = {**standard_headers(), name.replace("webhook-", "svix-"): "1614265331"}
+        with pytest.raises(signatures.MalformedDeliveryError):
+            standard().verify(headers, STD_BODY, now=STD_TIMESTAMP)
+
+    def test_a_tampered_svix_id_is_rejected(self) -> None:
+        """The signature covers the id under its Svix name too."""
+        headers = {**self.svix(standard_headers()), "svix-id": "msg_other"}
+        with pytest.raises(signatures.SignatureError):
+            standard().verify(headers, STD_BODY, now=STD_TIMESTAMP)
 
 
 class TestGitHub:
