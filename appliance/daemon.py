@@ -70,14 +70,13 @@ async def run(config: settings.Settings, options: Options) -> int:
     readiness = health.Readiness()
     host = "127.0.0.1" if options.local else config.health.host
     mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
-    public_ports = [config.ingress.port] if config.ingress.enabled else []
     console = None
     if config.mode != "worker":  # a VPC worker listens on nothing
         console = listeners.Console(
             health.build_app(readiness),
             host=host,
             port=config.health.port,
-            policy=listeners.policy_of(config, public_ports),
+            policy=listeners.policy_of(config),
             mesh=mesh,
             on_waiting=lambda reason: sd_notify(f"STATUS={reason}"),
         )
@@ -300,7 +299,8 @@ async def _start_ingress(
             f"ingress: cannot listen on {config.ingress.host}:{config.ingress.port}: {exc.strerror}"
         ) from exc
     public_port = _Public(listener, intake)
-    policy = listeners.policy_of(config, [public_port.port])
+    public_sockets = listeners.own_public_sockets(listener.addresses)
+    policy = listeners.policy_of(config, public_sockets)
     if console is not None:
         console.policy = policy
     try:
@@ -308,6 +308,7 @@ async def _start_ingress(
     except errors.ConfigError:
         await public_port.close()
         raise
+    listeners.record_public_sockets(config.state_dir, public_sockets)
     log.info(
         "webhooks on %s:%d (%d source(s), at most %d connections, %d per address)",
         config.ingress.host,
