@@ -29,7 +29,7 @@ from appliance.engine import registry, submission, worker
 from appliance.ingress import credentials, guard, public, watch, webhooks
 from appliance.ingress import intake as ingress_intake
 from appliance.isolation import steps, supervisor
-from appliance.mesh import exposure, listeners, tailscale
+from appliance.mesh import exposure, listeners, recheck, tailscale
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,19 @@ async def _until_bound(console: listeners.Console | None, stop: asyncio.Event) -
         console.failed.result()
 
 
+def _recheck_exposure(
+    config: settings.Settings,
+    db: connection.Database,
+    readiness: health.Readiness,
+    console: listeners.Console | None,
+) -> list[asyncio.Task[None]]:
+    """The box's listening sockets re-checked on a timer, once every listener is bound."""
+    if console is None:
+        return []
+    box = recheck.Recheck.of_daemon(config, db.pool, readiness, console.current_policy)
+    return [asyncio.create_task(box.run(), name="exposure.recheck")]
+
+
 async def _prepare_schema(
     db: connection.Database, options: Options, readiness: health.Readiness
 ) -> None:
@@ -134,7 +147,7 @@ async def _prepare_schema(
     readiness.database_reason = ""
 
 
-async def _serve(
+async def _serve(  # noqa: PLR0915 - the composition root, until its parts become contexts
     *,
     config: settings.Settings,
     options: Options,
@@ -168,6 +181,7 @@ async def _serve(
         await watcher.start()
     public = await _start_ingress(config, db, console, verifiers)
     await _until_bound(console, stop)
+    background.extend(_recheck_exposure(config, db, readiness, console))
     log.info(
         "ready: %s mode, node %s, health on %s",
         config.mode,

@@ -34,10 +34,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from appliance.db import pool as dbpool
 
 ROOT = Path(__file__).resolve().parents[2]
 TAILNET_ADDRESS = "100.100.1.2/24"
@@ -216,6 +219,23 @@ def holding(
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+async def socket_dsn(pool: dbpool.Pool, dsn: str) -> str | None:
+    """`dsn` through the server's unix socket, which a process inside a namespace still
+    reaches (the file system is shared, the loopback is not); None when it has none."""
+    parts = urllib.parse.urlsplit(dsn)
+    if "host=/" in parts.query:
+        return dsn
+    directories = str(await pool.fetchval("SHOW unix_socket_directories"))
+    folder = directories.partition(",")[0].strip()
+    if not folder.startswith("/"):
+        return None
+    port = str(await pool.fetchval("SHOW port"))
+    user = urllib.parse.quote(parts.username or "postgres")
+    password = f":{urllib.parse.quote(parts.password)}" if parts.password else ""
+    query = urllib.parse.urlencode({"host": folder, "port": port})
+    return f"postgresql://{user}{password}@{parts.path}?{query}"
 
 
 def get(created: Namespace, url: str) -> dict[str, Any]:
