@@ -16,7 +16,8 @@ daemon can still do its work, and it would otherwise be out of service for as lo
 unrelated service of the box misbehaves. At boot the daemon's own violation stays fatal (exit
 78, before ready; `listeners`).
 
-`Recheck.run` is one coroutine; `check` is one round.
+It runs wherever the daemon has a console (not in a VPC worker, which listens on nothing),
+started once every listener is bound. `Recheck.run` is one coroutine; `check` is one round.
 """
 
 from __future__ import annotations

@@ -400,6 +400,28 @@ class TestRecheck:
             ["ok", "tcp", f"{ANY4}:{INGRESS_PORT}", "declared"]
         ]
 
+    async def test_exposure_check_tells_the_ingress_from_an_ipv6_only_twin(
+        self, db: dbpool.Pool, namespace: netns.Namespace, inside_dsn: str, tmp_path: Path
+    ) -> None:
+        """Another process's `[::]:8471` (IPv6 only) beside the daemon's IPv4 ingress on
+        0.0.0.0:8471: the twin fails the gate, the ingress itself passes."""
+        async with daemon_inside(namespace, tmp_path, inside_dsn):
+            with netns.holding(namespace, "::", port=INGRESS_PORT, v6only=True) as held:
+                overrides = outside_overrides(tmp_path) | {"database.url": inside_dsn}
+                check = await run_inside(namespace, tmp_path, overrides, "exposure-check")
+        assert check.code == 78
+        lines = {line.split()[2]: line for line in check.stdout.splitlines()[:-1]}
+        assert lines[f"{ANY4}:{INGRESS_PORT}"].split()[:4] == [
+            "ok",
+            "tcp",
+            f"{ANY4}:{INGRESS_PORT}",
+            "declared",
+        ]
+        twin = lines[f"[::]:{INGRESS_PORT}"]
+        assert twin.startswith("FAIL  tcp6")
+        assert "(IPv6 only)" in twin
+        assert f"pid {held['pid']} (python" in twin
+
 
 class TestWatchedFolder:
     async def test_a_dropped_file_starts_one_task_across_a_restart(

@@ -157,41 +157,39 @@ class TestBoxWideCheck:
         }
 
     @pytest.mark.parametrize("address", [ANY4, "::"])
-    def test_udp_41641_from_another_process_fails(
+    def test_udp_41641_belongs_to_tailscaled_only(
         self, namespace: netns.Namespace, address: str
     ) -> None:
-        """tailscaled's port opened by a process that is not tailscaled: exposed, named."""
+        """tailscaled's port held by tailscaled passes; the same socket held by another
+        process is exposed and named (the allowance goes by process, not by port)."""
+        protocol = "udp6" if address == "::" else "udp"
+        with netns.holding(namespace, address, port=41641, udp=True, name="tailscaled") as held:
+            allowed = netns.run_probe(namespace, "serve", namespace.address)
+        line = line_for(allowed["text"], endpoint(address, 41641))
+        assert line.split()[:2] == ["ok", protocol]
+        assert f"allow-listed  pid {held['pid']} (tailscaled)" in line
         with netns.holding(namespace, address, port=41641, udp=True) as held:
             answer = netns.run_probe(namespace, "serve", namespace.address)
-        assert answer["ok"] is False
+        assert (allowed["ok"], answer["ok"]) == (True, False)
         line = line_for(answer["text"], endpoint(address, 41641))
-        assert line.split()[:2] == ["FAIL", "udp6" if address == "::" else "udp"]
+        assert line.split()[:2] == ["FAIL", protocol]
         assert f"pid {held['pid']} (python" in line
 
-    def test_udp_41641_held_by_tailscaled_passes(self, namespace: netns.Namespace) -> None:
-        """The same socket held by a process named tailscaled is allow-listed."""
-        with netns.holding(namespace, ANY4, port=41641, udp=True, name="tailscaled") as held:
+    def test_a_v4_mapped_address_counts_as_its_ipv4_address(
+        self, namespace: netns.Namespace
+    ) -> None:
+        """IPv6 sockets on ::ffff:127.0.0.1 (loopback: passes) and ::ffff:192.168.50.2 (the
+        LAN address: exposed)."""
+        with (
+            netns.holding(namespace, "::ffff:127.0.0.1", v6only=False) as loopback,
+            netns.holding(namespace, f"::ffff:{netns.LAN_V4}", v6only=False) as lan,
+        ):
             answer = netns.run_probe(namespace, "serve", namespace.address)
-        assert answer["ok"] is True
-        line = line_for(answer["text"], f"{ANY4}:41641")
-        assert "allow-listed" in line
-        assert f"pid {held['pid']} (tailscaled)" in line
-
-    def test_a_v4_mapped_loopback_passes(self, namespace: netns.Namespace) -> None:
-        """An IPv6 socket on ::ffff:127.0.0.1 counts as 127.0.0.1: loopback."""
-        with netns.holding(namespace, "::ffff:127.0.0.1", v6only=False) as held:
-            answer = netns.run_probe(namespace, "serve", namespace.address)
-        assert answer["ok"] is True
-        line = line_for(answer["text"], f"[::ffff:127.0.0.1]:{held['port']}")
-        assert line.split()[:4] == ["ok", "tcp6", f"[::ffff:127.0.0.1]:{held['port']}", "loopback"]
-
-    def test_a_v4_mapped_lan_address_fails(self, namespace: netns.Namespace) -> None:
-        """An IPv6 socket on ::ffff:192.168.50.2 counts as the LAN address: exposed."""
-        with netns.holding(namespace, f"::ffff:{netns.LAN_V4}", v6only=False) as held:
-            answer = netns.run_probe(namespace, "serve", namespace.address)
-        assert answer["ok"] is False
-        line = line_for(answer["text"], f"[::ffff:{netns.LAN_V4}]:{held['port']}")
+        mapped = f"[::ffff:127.0.0.1]:{loopback['port']}"
+        assert line_for(answer["text"], mapped).split()[:4] == ["ok", "tcp6", mapped, "loopback"]
+        line = line_for(answer["text"], f"[::ffff:{netns.LAN_V4}]:{lan['port']}")
         assert line.startswith("FAIL")
+        assert answer["ok"] is False
 
     @pytest.mark.parametrize(("v6only", "label"), [(True, "IPv6 only"), (False, "IPv4 too")])
     def test_a_wildcard_ipv6_socket_is_labelled(
@@ -234,19 +232,17 @@ def exposure_check(
 
 
 class TestExposureCheckCommand:
-    def test_a_clean_box_exits_0(self, namespace: netns.Namespace, tmp_path: Path) -> None:
-        """Only a tailnet listener: exit 0 and the `ok:` conclusion, for install scripts."""
-        with netns.holding(namespace, namespace.address):
-            result = exposure_check(namespace, tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines()[-1].startswith("ok: 1 listening sockets")
-
-    def test_a_lan_listener_exits_78_naming_it(
+    def test_exit_0_for_a_tailnet_listener_78_for_a_lan_one(
         self, namespace: netns.Namespace, tmp_path: Path
     ) -> None:
-        """Exit 78; stderr names protocol, address, port and the holding process."""
-        with netns.holding(namespace, netns.LAN_V4) as held:
-            result = exposure_check(namespace, tmp_path)
+        """The gate for install scripts: exit 0 while only the tailnet listens; 78, naming
+        protocol, address, port and the holding process, once a LAN listener appears."""
+        with netns.holding(namespace, namespace.address):
+            clean = exposure_check(namespace, tmp_path)
+            with netns.holding(namespace, netns.LAN_V4) as held:
+                result = exposure_check(namespace, tmp_path)
+        assert clean.returncode == 0, clean.stderr
+        assert clean.stdout.splitlines()[-1].startswith("ok: 1 listening sockets")
         assert result.returncode == 78
         assert f"tcp {netns.LAN_V4}:{held['port']}, pid {held['pid']} (python" in result.stderr
         assert "Traceback" not in result.stderr
