@@ -29,7 +29,7 @@ from appliance.engine import registry, submission, worker
 from appliance.ingress import credentials, guard, public, watch, webhooks
 from appliance.ingress import intake as ingress_intake
 from appliance.isolation import steps, supervisor
-from appliance.mesh import exposure, listeners, tailscale
+from appliance.mesh import exposure, listeners, recheck, tailscale
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,13 @@ async def run(config: settings.Settings, options: Options) -> int:
     readiness = health.Readiness()
     host = "127.0.0.1" if options.local else config.health.host
     mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
-    public_ports = [config.ingress.port] if config.ingress.enabled else []
     console = None
     if config.mode != "worker":  # a VPC worker listens on nothing
         console = listeners.Console(
             health.build_app(readiness),
             host=host,
             port=config.health.port,
-            policy=listeners.policy_of(config, public_ports),
+            policy=listeners.policy_of(config),
             mesh=mesh,
             on_waiting=lambda reason: sd_notify(f"STATUS={reason}"),
         )
@@ -117,6 +116,19 @@ async def _until_bound(console: listeners.Console | None, stop: asyncio.Event) -
         console.failed.result()
 
 
+def _recheck_exposure(
+    config: settings.Settings,
+    db: connection.Database,
+    readiness: health.Readiness,
+    console: listeners.Console | None,
+) -> list[asyncio.Task[None]]:
+    """The box's listening sockets re-checked on a timer, once every listener is bound."""
+    if console is None:
+        return []
+    box = recheck.Recheck.of_daemon(config, db.pool, readiness, console.current_policy)
+    return [asyncio.create_task(box.run(), name="exposure.recheck")]
+
+
 async def _prepare_schema(
     db: connection.Database, options: Options, readiness: health.Readiness
 ) -> None:
@@ -135,7 +147,7 @@ async def _prepare_schema(
     readiness.database_reason = ""
 
 
-async def _serve(
+async def _serve(  # noqa: PLR0915 - the composition root, until its parts become contexts
     *,
     config: settings.Settings,
     options: Options,
@@ -169,6 +181,7 @@ async def _serve(
         await watcher.start()
     public = await _start_ingress(config, db, console, verifiers)
     await _until_bound(console, stop)
+    background.extend(_recheck_exposure(config, db, readiness, console))
     log.info(
         "ready: %s mode, node %s, health on %s",
         config.mode,
@@ -300,7 +313,8 @@ async def _start_ingress(
             f"ingress: cannot listen on {config.ingress.host}:{config.ingress.port}: {exc.strerror}"
         ) from exc
     public_port = _Public(listener, intake)
-    policy = listeners.policy_of(config, [public_port.port])
+    public_sockets = listeners.own_public_sockets(listener.addresses)
+    policy = listeners.policy_of(config, public_sockets)
     if console is not None:
         console.policy = policy
     try:
@@ -308,6 +322,7 @@ async def _start_ingress(
     except errors.ConfigError:
         await public_port.close()
         raise
+    listeners.record_public_sockets(config.state_dir, public_sockets)
     log.info(
         "webhooks on %s:%d (%d source(s), at most %d connections, %d per address)",
         config.ingress.host,

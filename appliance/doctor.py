@@ -98,19 +98,27 @@ async def _tailnet(config: settings.Settings) -> Check:
 
 
 def _exposure(config: settings.Settings) -> Check:
-    public = [config.ingress.port] if config.ingress.enabled else []
+    """Every listening socket of the box: loopback, tailnet, the daemon's ingress socket, or
+    allow-listed; a failure names each other one with its holder (pid and process)."""
+    policy, notes = listeners.configured_policy(config)
     try:
-        passed, text = exposure.run_check(listeners.policy_of(config, public), box_wide=True)
+        result = exposure.run_check(policy, box_wide=True, notes=notes)
     except errors.ApplianceError as exc:
         return Check("exposure", False, exc.message, "run doctor where /proc is readable")
-    if passed:
-        return Check("exposure", True, "nothing but the webhook port listens on a wildcard")
-    offending = [line for line in text.splitlines() if line.startswith("FAIL ")]
+    if result.passed:
+        return Check(
+            "exposure",
+            True,
+            f"{len(result.sockets)} listening sockets: none faces outside the tailnet but the "
+            "webhook ingress and the allow-listed",
+        )
+    offenders = "; ".join(item.describe() for item in result.violations)
     return Check(
         "exposure",
         False,
-        "; ".join(" ".join(line.split()[1:3]) for line in offending),
-        "bind it to the tailnet address or 127.0.0.1 (appliance exposure-check names the process)",
+        f"reachable from outside the tailnet: {offenders}" + "".join(f" ({n})" for n in notes),
+        "bind each to the tailnet address or 127.0.0.1, or stop it; allow a listener you "
+        "accept as mesh.allowed protocol/port@process (appliance exposure-check lists them all)",
     )
 
 

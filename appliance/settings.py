@@ -153,8 +153,15 @@ class MeshSettings(_Section):
         default=(), description="ACL tags the node advertises when it joins (tag:...)"
     )
     allowed: tuple[str, ...] = pydantic.Field(
-        default=("udp/41641",),
-        description="wildcard sockets the exposure gate allows besides the public ingress port",
+        default=("udp/41641@tailscaled",),
+        description="listeners the exposure gate allows besides the daemon's webhook ingress "
+        "socket, as protocol/port@process (the holder's command name)",
+    )
+    recheck_seconds: float = pydantic.Field(
+        default=10.0,
+        ge=0,
+        description="how often the running daemon re-checks every listening socket of the box "
+        "(0: only at boot)",
     )
     command_timeout_seconds: float = pydantic.Field(
         default=10.0, gt=0, description="timeout of each tailscale CLI call"
@@ -162,11 +169,17 @@ class MeshSettings(_Section):
 
     @pydantic.field_validator("allowed")
     @classmethod
-    def _protocol_port(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _protocol_port_process(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for entry in value:
-            protocol, _, port = entry.partition("/")
+            where, _, process = entry.partition("@")
+            protocol, _, port = where.partition("/")
             if protocol not in ("tcp", "udp") or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"{entry!r} is not protocol/port (tcp/443, udp/41641)")
+                raise ValueError(f"{entry!r} is not protocol/port@process (udp/41641@tailscaled)")
+            if not process:
+                raise ValueError(
+                    f"{entry!r} names no process: the port is allowed to one holder only "
+                    f"(write {where}@<command name>, such as udp/41641@tailscaled)"
+                )
         return value
 
 

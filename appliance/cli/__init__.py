@@ -88,17 +88,18 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
 
 
 async def cmd_exposure_check(args: argparse.Namespace, config: settings.Settings) -> int:
-    """Every listening socket of the box against the exposure policy (for install scripts)."""
+    """Every listening socket of the box against the exposure policy (for install scripts and
+    CI): exit 0, or 78 naming each offending socket's protocol, address, port and process."""
     from appliance.mesh import exposure, listeners
 
-    public = [config.ingress.port] if config.ingress.enabled else []
-    passed, text = exposure.run_check(listeners.policy_of(config, public), box_wide=True)
-    output.out(text)
-    if not passed:
-        raise errors.ConfigError(
-            "exposure gate failed: a socket listens on a wildcard address other than the public "
-            "webhook port; bind it to the tailnet address or 127.0.0.1"
-        )
+    policy, notes = listeners.configured_policy(config)
+    result = exposure.run_check(policy, box_wide=True, notes=notes)
+    if args.json:
+        output.emit_json(result.as_json())
+    else:
+        output.out(result.text())
+    if not result.passed:
+        raise exposure.ExposureError(result.violations)
     return 0
 
 

@@ -275,6 +275,11 @@ class Listener:
         return 0
 
     @property
+    def addresses(self) -> list[Any]:
+        """The bound socket addresses (the exposure gate declares those sockets public)."""
+        return list(self._runner.addresses)
+
+    @property
     def limits(self) -> Limits:
         return self._shared.limits
 

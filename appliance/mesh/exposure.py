@@ -1,129 +1,139 @@
-"""The exposure gate: exactly one port of the box may be reachable from the public internet.
+"""The exposure gate: nothing on the box faces outside the tailnet but the webhook ingress.
 
-That port is the webhook ingress, declared public in the config. Every other listener binds
-loopback or the tailnet address. A listening socket on a wildcard address (`0.0.0.0`, `::`,
-`::ffff:0.0.0.0`) whose port is neither declared public nor on the allow-list (tailscaled's
-UDP 41641) is a violation; a socket bound to one specific address never is.
+The invariant, for every listening socket of the box (`mesh.sockets` lists them):
+- it is on a loopback address (127.0.0.0/8, ::1), or
+- on a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48), or
+- it is the declared public ingress socket itself: the very socket the daemon's webhook
+  listener holds (its inode on Linux, its descriptor on macOS, held by the daemon's pid), at
+  its address, port and protocol. Another socket on that port is not it: an IPv6-only
+  `[::]:8471` beside the IPv4 ingress, UDP on the port, another process's SO_REUSEPORT twin; or
+- it is on the allow-list (`mesh.allowed`): protocol, port and the name of the process that
+  holds it. tailscaled's UDP 41641 belongs to tailscaled, not to whoever binds the port.
+Anything else is exposed: a wildcard (`0.0.0.0`, `::`), a LAN or public address, a link-local
+or unique-local address. An IPv4-mapped address (`::ffff:a.b.c.d`) counts as its IPv4 address.
 
-Where the sockets come from:
-- Linux: `/proc/self/net/{tcp,tcp6,udp,udp6}`, never `/proc/net/*` or psutil, which
-  `ProcSubset=pid` in the hardened unit hides. Columns after `split()`: `[1]` local
-  `HEXIP:HEXPORT`, `[3]` state (`0A` = TCP LISTEN; `07` = an unconnected, bound UDP socket),
-  `[7]` uid, `[9]` inode. Addresses are 32-bit words printed in host byte order, so
-  `0100007F` is 127.0.0.1 on a little-endian machine. The owner of an inode is found in
-  `/proc/<pid>/fd` (`socket:[INODE]`) where we may look; elsewhere the uid column remains.
-- macOS: `lsof -nP -i -F pcfPtnT` (TCP files in state LISTEN, UDP files without a peer). Not
-  `-iTCP -sTCP:LISTEN -iUDP`: measured with lsof 4.95, the TCP state filter drops every UDP file.
-
-`::` with `net.ipv6.bindv6only` = 0 takes IPv4 connections too (`dual_stack`). A socket that set
-`IPV6_V6ONLY` itself looks the same in `/proc`, so `dual_stack` means "may also be IPv4".
-Either way a wildcard is a wildcard: the verdict does not depend on it, only the wording.
+Limits: 100.64.0.0/10 is also the carrier-grade NAT range, so an uplink address from it would
+pass; an allow-list entry trusts the process name, which a process chooses (an unprivileged
+process still cannot take a port tailscaled holds); where the holder is hidden from us
+(`ProtectProc=invisible`), an allow-list entry accepts a socket of uid 0 on its port, since
+only root could then have taken it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import ipaddress
 import logging
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from collections.abc import Collection, Iterable, Sequence
-from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, get_args
 
 from appliance import errors
+from appliance.mesh import sockets
+from appliance.mesh.sockets import Address, Family, Protocol, Socket
 
 logger = logging.getLogger(__name__)
 
-Protocol = Literal["tcp", "tcp6", "udp", "udp6"]
-Family = Literal["tcp", "udp"]
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-ByteOrder = Literal["little", "big"]
-
-PROC = Path("/proc")
-TAILSCALED_PORT: tuple[Family, int] = ("udp", 41641)
 TAILNET_NETWORKS = (
     ipaddress.ip_network("100.64.0.0/10"),
     ipaddress.ip_network("fd7a:115c:a1e0::/48"),
 )
-LSOF_SECONDS = 30.0
 ADVICE = (
     "Bind the console and metrics listeners to the tailnet address (or to 127.0.0.1 behind "
-    "`tailscale serve`); if the port really is the webhook ingress, declare it public in the "
-    "config."
+    "`tailscale serve`); only the daemon's own webhook ingress socket may face outside, and "
+    "what `mesh.allowed` names (protocol/port@process)."
 )
-
-_LISTENING_STATE = {"tcp": "0A", "udp": "07"}  # 07 is TCP_CLOSE: a bound, unconnected UDP socket
-_STATE_NAME = {"tcp": "LISTEN", "udp": "UNCONN"}  # the names `ss` prints
 
 
 @dataclasses.dataclass(frozen=True)
-class Socket:
-    """One listening socket: a TCP socket in LISTEN, or a bound, unconnected UDP socket."""
+class PublicSocket:
+    """A socket the daemon holds and declared public: one webhook ingress listener."""
 
+    pid: int
     protocol: Protocol
     address: Address
     port: int
-    inode: int | None  # None where the source does not tell (lsof)
-    state: str  # LISTEN (tcp) or UNCONN (udp)
-    wildcard: bool
-    dual_stack: bool = False  # `::` that also takes IPv4 (bindv6only = 0)
-    uid: int | None = None
-    pid: int | None = None
-    command: str | None = None
+    inode: int | None = None  # Linux
+    fd: int | None = None  # macOS: lsof names files by descriptor, not inode
 
-    @property
-    def family(self) -> Family:
-        return "tcp" if self.protocol.startswith("tcp") else "udp"
+    def matches(self, item: Socket) -> bool:
+        """Whether `item` is this very socket (not merely one on the same port)."""
+        if (item.protocol, item.address, item.port) != (self.protocol, self.address, self.port):
+            return False
+        if item.pid is not None and item.pid != self.pid:
+            return False
+        if self.inode is not None and item.inode is not None:
+            return item.inode == self.inode  # the holder may be hidden; the inode is unique
+        return self.fd is not None and item.pid == self.pid and item.fd == self.fd
 
-    @property
-    def endpoint(self) -> str:
-        """`127.0.0.1:80`, `[::1]:80` or `[::ffff:127.0.0.1]:80`."""
-        if isinstance(self.address, ipaddress.IPv6Address):
-            mapped = self.address.ipv4_mapped  # Python 3.11 prints these as ::ffff:7f00:1
-            host = f"::ffff:{mapped}" if mapped is not None else str(self.address)
-            return f"[{host}]:{self.port}"
-        return f"{self.address}:{self.port}"
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "protocol": self.protocol,
+            "address": str(self.address),
+            "port": self.port,
+            "inode": self.inode,
+            "fd": self.fd,
+        }
 
-    @property
-    def owner(self) -> str:
-        """`pid 42 (python3)`, else `uid 106`, else `unknown process`."""
-        if self.pid is not None:
-            return f"pid {self.pid} ({self.command or '?'})"
-        if self.uid is not None:
-            return f"uid {self.uid}"
-        return "unknown process"
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PublicSocket:
+        """The socket of `as_json`; ValueError (or KeyError, TypeError) when malformed."""
+        protocol = data["protocol"]
+        if protocol not in get_args(Protocol):
+            raise ValueError(f"unknown protocol {protocol!r}")
+        return cls(
+            pid=int(data["pid"]),
+            protocol=protocol,
+            address=ipaddress.ip_address(data["address"]),
+            port=int(data["port"]),
+            inode=None if data.get("inode") is None else int(data["inode"]),
+            fd=None if data.get("fd") is None else int(data["fd"]),
+        )
 
-    def describe(self) -> str:
-        """`tcp6 [::]:8080 (IPv4 too), pid 42 (python3)`."""
-        also = " (IPv4 too)" if self.dual_stack else ""
-        return f"{self.protocol} {self.endpoint}{also}, {self.owner}"
 
+@dataclasses.dataclass(frozen=True)
+class Allowance:
+    """A listener the operator allows: protocol, port and the process that holds it."""
 
-def _check_ports(name: str, ports: Collection[tuple[Family, int]]) -> None:
-    for entry in ports:
-        family, port = entry
-        if family not in get_args(Family) or not 1 <= port <= 65535:
+    family: Family
+    port: int
+    process: str
+
+    def __post_init__(self) -> None:
+        if self.family not in get_args(Family) or not 1 <= self.port <= 65535 or not self.process:
             raise errors.ConfigError(
-                f"exposure policy: {name} entry {entry!r} is not ('tcp'|'udp', 1..65535)"
+                f"exposure policy: {self} is not protocol/port@process (udp/41641@tailscaled)"
             )
+
+    def __str__(self) -> str:
+        return f"{self.family}/{self.port}@{self.process}"
+
+    @classmethod
+    def parse(cls, entry: str) -> Allowance:
+        """`udp/41641@tailscaled`; ConfigError naming the entry when it is not that."""
+        where, _, process = entry.partition("@")
+        family, _, port = where.partition("/")
+        if family not in get_args(Family) or not port.isdigit() or not process:
+            raise errors.ConfigError(
+                f"mesh.allowed: {entry!r} is not protocol/port@process (udp/41641@tailscaled)"
+            )
+        return cls("tcp" if family == "tcp" else "udp", int(port), process)
+
+    def matches(self, item: Socket) -> bool:
+        if (item.family, item.port) != (self.family, self.port):
+            return False
+        if item.command is not None:
+            return item.command == sockets.command_name(self.process)
+        return item.pid is None and item.uid == 0  # the holder is hidden from us: see above
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """Which wildcard listeners may exist: the declared public port(s) and an allow-list."""
+    """The sockets that may face outside: the daemon's public ones and an allow-list."""
 
-    public: frozenset[tuple[Family, int]] = frozenset()
-    allowed: frozenset[tuple[Family, int]] = frozenset({TAILSCALED_PORT})
-
-    def __post_init__(self) -> None:
-        _check_ports("public", self.public)
-        _check_ports("allowed", self.allowed)
+    public: frozenset[PublicSocket] = frozenset()
+    allowed: frozenset[Allowance] = frozenset({Allowance("udp", 41641, "tailscaled")})
 
 
 class Verdict(enum.Enum):
@@ -131,7 +141,6 @@ class Verdict(enum.Enum):
 
     LOOPBACK = "loopback"
     TAILNET = "tailnet"
-    SPECIFIC = "one address"
     PUBLIC = "declared public"
     ALLOWED = "allow-listed"
     EXPOSED = "EXPOSED"
@@ -140,320 +149,124 @@ class Verdict(enum.Enum):
 class ExposureError(errors.ConfigError):
     """A port is reachable from outside the tailnet."""
 
-    def __init__(self, sockets: Sequence[Socket]) -> None:
-        self.sockets = tuple(sockets)
+    def __init__(self, offenders: Sequence[Socket]) -> None:
+        self.sockets = tuple(offenders)
         listed = "; ".join(item.describe() for item in self.sockets)
-        super().__init__(
-            f"listening on a wildcard address, reachable from outside the tailnet: {listed}. "
-            f"{ADVICE}"
-        )
+        super().__init__(f"reachable from outside the tailnet: {listed}. {ADVICE}")
 
 
-def _plain(address: Address) -> Address:
-    """The IPv4 address inside an IPv4-mapped one (`::ffff:127.0.0.1`), else the address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+def is_local(item: Socket) -> bool:
+    """On loopback or on the tailnet: passes whoever holds it."""
+    address = item.plain_address
+    return address.is_loopback or any(address in network for network in TAILNET_NETWORKS)
 
 
 def verdict(item: Socket, policy: Policy) -> Verdict:
     """Whether `item` passes the gate under `policy`, and why."""
-    address = _plain(item.address)
-    if not item.wildcard:
-        if address.is_loopback:
-            return Verdict.LOOPBACK
-        if any(address in network for network in TAILNET_NETWORKS):
-            return Verdict.TAILNET
-        return Verdict.SPECIFIC
-    if (item.family, item.port) in policy.public:
+    address = item.plain_address
+    if address.is_loopback:
+        return Verdict.LOOPBACK
+    if any(address in network for network in TAILNET_NETWORKS):
+        return Verdict.TAILNET
+    if any(public.matches(item) for public in policy.public):
         return Verdict.PUBLIC
-    if (item.family, item.port) in policy.allowed:
+    if any(allowance.matches(item) for allowance in policy.allowed):
         return Verdict.ALLOWED
     return Verdict.EXPOSED
 
 
-def violations(sockets: Iterable[Socket], policy: Policy) -> list[Socket]:
+def violations(found: Iterable[Socket], policy: Policy) -> list[Socket]:
     """The sockets that fail the gate."""
-    return [item for item in sockets if verdict(item, policy) is Verdict.EXPOSED]
+    return [item for item in found if verdict(item, policy) is Verdict.EXPOSED]
 
 
-def decode_address(text: str, byteorder: ByteOrder = sys.byteorder) -> Address:
-    """An address from `/proc/net/*`: 8 or 32 hex digits, 32-bit words in host byte order."""
-    raw = b"".join(
-        int(text[start : start + 8], 16).to_bytes(4, byteorder) for start in range(0, len(text), 8)
-    )
-    return ipaddress.ip_address(raw)
+def socket_json(item: Socket, policy: Policy) -> dict[str, Any]:
+    """One socket for `--json` and outbox events: where, which IP versions, who holds it."""
+    why = verdict(item, policy)
+    return {
+        "ok": why is not Verdict.EXPOSED,
+        "verdict": why.value,
+        "protocol": item.protocol,
+        "address": item.endpoint.rpartition(":")[0].strip("[]"),
+        "port": item.port,
+        "endpoint": item.endpoint,
+        "ipv6_only": item.v6only if item.protocol.endswith("6") else None,
+        "pid": item.pid,
+        "process": item.command,
+        "uid": item.uid,
+        "inode": item.inode,
+    }
 
 
-def _is_wildcard(address: Address) -> bool:
-    return _plain(address).is_unspecified
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The gate over a set of listening sockets: each one's verdict, and the conclusion."""
 
+    sockets: tuple[Socket, ...]
+    policy: Policy
+    notes: tuple[str, ...] = ()
 
-def parse_proc_table(
-    text: str, protocol: Protocol, *, ipv6_only: bool, byteorder: ByteOrder = sys.byteorder
-) -> list[Socket]:
-    """The listening sockets in the text of `/proc/self/net/<protocol>`."""
-    family: Family = "tcp" if protocol.startswith("tcp") else "udp"
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if not fields or not fields[0].endswith(":"):
-            continue  # the header
-        if fields[3] != _LISTENING_STATE[family]:
-            continue
-        hex_address, hex_port = fields[1].split(":")
-        address = decode_address(hex_address, byteorder)
-        found.append(
-            Socket(
-                protocol=protocol,
-                address=address,
-                port=int(hex_port, 16),
-                inode=int(fields[9]),
-                state=_STATE_NAME[family],
-                wildcard=_is_wildcard(address),
-                dual_stack=address == ipaddress.IPv6Address("::") and not ipv6_only,
-                uid=int(fields[7]),
-            )
-        )
-    return found
+    @property
+    def violations(self) -> list[Socket]:
+        return violations(self.sockets, self.policy)
 
+    @property
+    def passed(self) -> bool:
+        return not self.violations
 
-def ipv6_only_default(proc: Path = PROC) -> bool:
-    """Whether a new IPv6 socket takes IPv6 only (`net.ipv6.bindv6only`).
-
-    `ProcSubset=pid` hides `/proc/sys`; then a fresh socket's `IPV6_V6ONLY`, which the kernel
-    sets from the same sysctl, answers. False (dual-stack) when neither can be read.
-    """
-    with contextlib.suppress(OSError, ValueError):
-        return int((proc / "sys/net/ipv6/bindv6only").read_text(encoding="ascii")) != 0
-    with (
-        contextlib.suppress(OSError),
-        socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe,
-    ):
-        return probe.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) != 0
-    return False
-
-
-def _socket_inodes(fd_dir: Path) -> set[int]:
-    """The inodes of the sockets among the links in `fd_dir`; empty where we may not look."""
-    inodes: set[int] = set()
-    try:
-        entries = list(os.scandir(fd_dir))
-    except OSError:
-        return inodes
-    for entry in entries:
-        try:
-            target = os.readlink(entry.path)
-        except OSError:
-            continue  # closed meanwhile
-        if target.startswith("socket:[") and target.endswith("]"):
-            inodes.add(int(target[len("socket:[") : -1]))
-    return inodes
-
-
-def _command(process_dir: Path) -> str | None:
-    try:
-        return (process_dir / "comm").read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
-
-
-def _owners(proc: Path, inodes: set[int]) -> dict[int, tuple[int, str | None]]:
-    """(pid, command) of the first process holding each inode, where we may look."""
-    owners: dict[int, tuple[int, str | None]] = {}
-    wanted = set(inodes)
-    try:
-        pids = sorted(int(name) for name in os.listdir(proc) if name.isdigit())
-    except OSError:
-        return owners
-    for pid in pids:
-        if not wanted:
-            break
-        held = _socket_inodes(proc / str(pid) / "fd") & wanted
-        if held:
-            command = _command(proc / str(pid))
-            owners.update(dict.fromkeys(held, (pid, command)))
-            wanted -= held
-    return owners
-
-
-def _proc_sockets(proc: Path, *, own_only: bool) -> list[Socket]:
-    ipv6_only = ipv6_only_default(proc)
-    sockets: list[Socket] = []
-    for protocol in get_args(Protocol):
-        path = proc / "self" / "net" / protocol
-        try:
-            text = path.read_text(encoding="ascii")
-        except FileNotFoundError as exc:
-            if protocol.endswith("6"):
-                continue  # a kernel without IPv6
-            raise errors.DependencyError(
-                f"cannot list listening sockets: {path} is missing"
-            ) from exc
-        except OSError as exc:
-            raise errors.DependencyError(f"cannot read {path}: {exc}") from exc
-        sockets.extend(parse_proc_table(text, protocol, ipv6_only=ipv6_only))
-    if own_only:
-        mine = _socket_inodes(proc / "self" / "fd")
-        command = _command(proc / "self")
-        return [
-            dataclasses.replace(item, pid=os.getpid(), command=command)
-            for item in sockets
-            if item.inode in mine
+    def text(self) -> str:
+        """One line per socket (verdict, protocol, endpoint, why, holder), then the conclusion."""
+        rows = []
+        for item in self.sockets:
+            why = verdict(item, self.policy)
+            mark = "FAIL" if why is Verdict.EXPOSED else "ok"
+            endpoint = item.endpoint + (f" ({item.stack})" if item.stack else "")
+            rows.append((mark, item.protocol, endpoint, why.value, item.owner))
+        widths = [max((len(row[column]) for row in rows), default=0) for column in range(4)]
+        lines = [
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+            + "  "
+            + row[4]
+            for row in rows
         ]
-    owners = _owners(proc, {item.inode for item in sockets if item.inode is not None})
-    return [
-        dataclasses.replace(item, pid=owners[item.inode][0], command=owners[item.inode][1])
-        if item.inode in owners
-        else item
-        for item in sockets
-    ]
-
-
-def _lsof_socket(
-    pid: int | None, command: str | None, fields: dict[str, str], *, ipv6_only: bool
-) -> Socket | None:
-    """One file of `lsof -F` output as a listening socket, or None when it is not one."""
-    name, kind = fields.get("n", ""), fields.get("P", "").lower()
-    if "->" in name or kind not in ("tcp", "udp"):
-        return None  # connected, or not an inet socket
-    if kind == "tcp" and fields.get("TST=") != "LISTEN":
-        return None
-    host, _, port = name.rpartition(":")
-    six = fields.get("t") == "IPv6"
-    protocol: Protocol = "tcp" if kind == "tcp" else "udp"
-    if six:
-        protocol = "tcp6" if kind == "tcp" else "udp6"
-    if host == "*":
-        address: Address = ipaddress.IPv6Address("::") if six else ipaddress.IPv4Address(0)
-    else:
-        address = ipaddress.ip_address(host.strip("[]"))
-    return Socket(
-        protocol=protocol,
-        address=address,
-        port=int(port),
-        inode=None,
-        state=_STATE_NAME[kind],
-        wildcard=_is_wildcard(address),
-        dual_stack=address == ipaddress.IPv6Address("::") and not ipv6_only,
-        pid=pid,
-        command=command,
-    )
-
-
-def parse_lsof(output: str, *, ipv6_only: bool = False) -> list[Socket]:
-    """The listening sockets in `lsof -nP -i -F pcfPtnT` output (one field per line)."""
-    found: list[Socket] = []
-    pid: int | None = None
-    command: str | None = None
-    fields: dict[str, str] = {}
-
-    def flush() -> None:
-        if fields:
-            item = _lsof_socket(pid, command, fields, ipv6_only=ipv6_only)
-            if item is not None:
-                found.append(item)
-            fields.clear()
-
-    for line in output.splitlines():
-        if not line:
-            continue
-        key, value = line[0], line[1:]
-        if key == "p":
-            flush()
-            pid, command = int(value), None
-        elif key == "c":
-            command = value
-        elif key == "f":
-            flush()
-            fields["f"] = value
-        elif key == "T":
-            name, _, state = value.partition("=")
-            fields[f"T{name}="] = state
+        lines.extend(f"note: {note}" for note in self.notes)
+        bad = self.violations
+        if bad:
+            lines.append(
+                f"FAIL: {len(bad)} of {len(self.sockets)} listening sockets are reachable from "
+                f"outside the tailnet. {ADVICE}"
+            )
         else:
-            fields[key] = value
-    flush()
-    return found
+            lines.append(
+                f"ok: {len(self.sockets)} listening sockets; none faces outside the tailnet but "
+                "the declared public and allow-listed ones."
+            )
+        return "\n".join(lines)
 
-
-def _lsof_sockets(*, own_only: bool) -> list[Socket]:
-    lsof = shutil.which("lsof") or "/usr/sbin/lsof"
-    scope = ["-a", "-p", str(os.getpid())] if own_only else []
-    try:
-        result = subprocess.run(
-            [lsof, "-nP", *scope, "-i", "-F", "pcfPtnT"],
-            capture_output=True,
-            text=True,
-            timeout=LSOF_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise errors.DependencyError(f"cannot list listening sockets with {lsof}: {exc}") from exc
-    # lsof exits 1, silently, when nothing matches.
-    if result.returncode not in (0, 1) or (result.returncode == 1 and result.stderr.strip()):
-        raise errors.DependencyError(
-            f"{lsof} failed (exit {result.returncode}): {result.stderr.strip()}"
-        )
-    return parse_lsof(result.stdout)
-
-
-def listening_sockets(*, proc: Path = PROC, own_only: bool = False) -> list[Socket]:
-    """Every listening socket of the box (its network namespace), or only this process's."""
-    if sys.platform == "darwin":
-        found = _lsof_sockets(own_only=own_only)
-    else:
-        found = _proc_sockets(proc, own_only=own_only)
-    return sorted(found, key=lambda item: (item.port, item.protocol, str(item.address)))
-
-
-def check(policy: Policy, *, own_only: bool) -> list[Socket]:
-    """The listening sockets that fail the gate."""
-    return violations(listening_sockets(own_only=own_only), policy)
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "listening": len(self.sockets),
+            "violations": len(self.violations),
+            "sockets": [socket_json(item, self.policy) for item in self.sockets],
+            "notes": list(self.notes),
+        }
 
 
 def gate_own_sockets(policy: Policy) -> None:
     """Raise ExposureError if this process listens where it must not (after binding)."""
-    sockets = listening_sockets(own_only=True)
-    bad = violations(sockets, policy)
+    found = sockets.listening_sockets(own_only=True)
+    bad = violations(found, policy)
     if bad:
         raise ExposureError(bad)
     logger.info(
         "exposure gate passed for %d listening sockets",
-        len(sockets),
-        extra={"event": "exposure.passed", "sockets": [item.describe() for item in sockets]},
+        len(found),
+        extra={"event": "exposure.passed", "sockets": [item.describe() for item in found]},
     )
 
 
-def report(sockets: Sequence[Socket], policy: Policy) -> str:
-    """Human lines for `appliance exposure-check`: one per socket, then the conclusion."""
-    rows = []
-    for item in sockets:
-        why = verdict(item, policy)
-        mark = "FAIL" if why is Verdict.EXPOSED else "ok"
-        endpoint = item.endpoint + (" (IPv4 too)" if item.dual_stack else "")
-        rows.append((mark, item.protocol, endpoint, why.value, item.owner))
-    widths = [max((len(row[column]) for row in rows), default=0) for column in range(4)]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
-        + "  "
-        + row[4]
-        for row in rows
-    ]
-    bad = violations(sockets, policy)
-    if bad:
-        lines.append(
-            f"FAIL: {len(bad)} of {len(sockets)} listening sockets are reachable from outside "
-            f"the tailnet. {ADVICE}"
-        )
-    else:
-        lines.append(
-            f"ok: {len(sockets)} listening sockets; none faces outside the tailnet but the "
-            "declared public and allow-listed ports."
-        )
-    return "\n".join(lines)
-
-
-def run_check(policy: Policy, *, box_wide: bool) -> tuple[bool, str]:
-    """(passed, report) for every socket of the box, or only for this process's."""
-    sockets = listening_sockets(own_only=not box_wide)
-    return not violations(sockets, policy), report(sockets, policy)
+def run_check(policy: Policy, *, box_wide: bool, notes: Collection[str] = ()) -> Result:
+    """The gate over every listening socket of the box, or only over this process's."""
+    found = sockets.listening_sockets(own_only=not box_wide)
+    return Result(tuple(found), policy, tuple(notes))

@@ -3,37 +3,126 @@
 The console/API/metrics listener binds only to this node's tailnet addresses (or, explicitly for
 development, one address such as 127.0.0.1). While the tailnet is not up it waits, says why once,
 and binds as soon as tailscaled is Running with an address. After every bind the gate lists the
-daemon's own listening sockets: a wildcard socket other than the declared public port fails the
-daemon (exit 78) before it reports ready.
+daemon's own listening sockets: one that is neither loopback, tailnet, the webhook ingress
+socket itself nor allow-listed fails the daemon (exit 78) before it reports ready.
+
+The ingress sockets are declared public by identity (`exposure.PublicSocket`: pid, inode or
+descriptor), not by port. The daemon records them in `<state_dir>/public-sockets.json`, so
+that `appliance exposure-check` and `doctor`, other processes, can tell the daemon's ingress
+socket from another one on its port. A stale record (its pid gone, its inodes closed) matches
+no socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from appliance import errors, settings
-from appliance.mesh import exposure, tailscale
+from appliance.mesh import exposure, sockets, tailscale
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
+PUBLIC_RECORD = "public-sockets.json"
 
 
-def policy_of(config: settings.Settings, public_ports: Sequence[int] = ()) -> exposure.Policy:
-    """The gate's policy: the public TCP port(s) of the ingress and the configured allow-list."""
-    allowed: set[tuple[exposure.Family, int]] = set()
-    for entry in config.mesh.allowed:
-        protocol, _, port = entry.partition("/")
-        allowed.add(("tcp" if protocol == "tcp" else "udp", int(port)))
+def policy_of(
+    config: settings.Settings, public: Collection[exposure.PublicSocket] = ()
+) -> exposure.Policy:
+    """The gate's policy: the daemon's public sockets and the configured allow-list."""
     return exposure.Policy(
-        public=frozenset(("tcp", port) for port in public_ports if port),  # 0: not bound yet
-        allowed=frozenset(allowed),
+        public=frozenset(public),
+        allowed=frozenset(exposure.Allowance.parse(entry) for entry in config.mesh.allowed),
     )
+
+
+def own_public_sockets(addresses: Sequence[Any]) -> frozenset[exposure.PublicSocket]:
+    """This process's TCP listeners at `addresses` (an aiohttp runner's `addresses`).
+
+    Each bound address names one listener of ours; were there two (SO_REUSEPORT), neither is
+    declared, and the gate names both.
+    """
+    own = sockets.listening_sockets(own_only=True)
+    found: set[exposure.PublicSocket] = set()
+    for bound in addresses:
+        host, port = str(bound[0]).partition("%")[0], int(bound[1])
+        address = ipaddress.ip_address(host)
+        same = [
+            item
+            for item in own
+            if item.family == "tcp" and item.address == address and item.port == port
+        ]
+        if len(same) == 1:
+            (item,) = same
+            found.add(
+                exposure.PublicSocket(
+                    pid=os.getpid(),
+                    protocol=item.protocol,
+                    address=item.address,
+                    port=item.port,
+                    inode=item.inode,
+                    fd=item.fd,
+                )
+            )
+    return frozenset(found)
+
+
+def record_public_sockets(state_dir: Path, public: Collection[exposure.PublicSocket]) -> None:
+    """Write the record `exposure-check` and `doctor` read; a warning when it cannot be."""
+    path = state_dir / PUBLIC_RECORD
+    text = json.dumps({"sockets": [item.as_json() for item in sorted(public, key=str)]})
+    staging = path.with_name(f".{PUBLIC_RECORD}.{os.getpid()}")
+    try:
+        staging.write_text(text + "\n", encoding="utf-8")
+        staging.replace(path)
+    except OSError as exc:
+        log.warning(
+            "cannot record the public sockets in %s (%s): exposure-check will take the "
+            "ingress port for another listener",
+            path,
+            exc.strerror,
+            extra={"event": "exposure.unrecorded"},
+        )
+
+
+def recorded_public_sockets(
+    state_dir: Path,
+) -> tuple[frozenset[exposure.PublicSocket], tuple[str, ...]]:
+    """The daemon's record of its public sockets, and a note when it cannot be read."""
+    path = state_dir / PUBLIC_RECORD
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return frozenset(exposure.PublicSocket.from_json(item) for item in data["sockets"]), ()
+    except FileNotFoundError:
+        return frozenset(), ()
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    except (ValueError, KeyError, TypeError) as exc:
+        problem = f"not a record of public sockets ({exc})"
+    return frozenset(), (
+        f"cannot read {path}: {problem}; the daemon's ingress socket cannot be told from "
+        "another listener on its port (run as root or as the service user)",
+    )
+
+
+def configured_policy(config: settings.Settings) -> tuple[exposure.Policy, tuple[str, ...]]:
+    """The policy for a process other than the daemon (exposure-check, doctor): the daemon's
+    recorded ingress sockets when the ingress is enabled, and notes on what could not be read."""
+    public: frozenset[exposure.PublicSocket] = frozenset()
+    notes: tuple[str, ...] = ()
+    if config.ingress.enabled:
+        public, notes = recorded_public_sockets(config.state_dir)
+    return policy_of(config, public), notes
 
 
 class Console:
@@ -69,6 +158,10 @@ class Console:
         if self._mesh is None:
             raise errors.ConfigError("health.host is 'tailnet' but no tailscale CLI is configured")
         self._task = asyncio.create_task(self._bind_when_tailnet_is_up(), name="console.tailnet")
+
+    def current_policy(self) -> exposure.Policy:
+        """The gate's policy as it stands (the ingress declares its sockets after start)."""
+        return self.policy
 
     @property
     def port(self) -> int:
