@@ -20,6 +20,7 @@ from typing import Any, get_args
 from appliance import __version__, errors, models, settings
 from appliance.cli import agents as agent_commands
 from appliance.cli import approvals as approval_commands
+from appliance.cli import backup as backup_commands
 from appliance.cli import output
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
@@ -547,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_tenants_list, "list tenants", tenants)
     agent_commands.add_commands(sub, add, _Parser)
     approval_commands.add_commands(sub, add, _Parser)
+    backup_commands.add_commands(sub, add, _Parser)
     return parser
 
 
