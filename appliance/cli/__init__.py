@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from appliance import __version__, errors, models, settings
+from appliance import __version__, errors, launchd, models, settings
 from appliance.cli import agents as agent_commands
 from appliance.cli import approvals as approval_commands
 from appliance.cli import backup as backup_commands
@@ -576,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(handler(args, config))
     except errors.ApplianceError as exc:
         _report(exc, verbose)
-        return exc.exit_code
+        return launchd.exit_code(exc.exit_code)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
