@@ -50,6 +50,11 @@ async def machine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[box
         await booted.poweroff()
 
 
+async def appliance(machine: box.Box, *args: str, check: bool = True) -> box.Result:
+    """An operator command in the box (no test workflows there)."""
+    return await installed.appliance(machine, *args, check=check, settings=installed.CONSOLE)
+
+
 async def install(machine: box.Box, deb: Path, *, check: bool = True) -> box.Result:
     machine.put(deb, f"/root/{deb.name}")
     return await machine.run("dpkg", "-i", f"/root/{deb.name}", check=check, timeout=600)
@@ -69,38 +74,32 @@ class TestUpgrade:
         """Tasks, secrets, prices and audit chains survive; only the new migration runs."""
         await install(machine, older)
         await installed.active(machine)
-        submitted = await installed.appliance(
+        submitted = await appliance(
             machine, "task", "submit", demo.WORKFLOW, "--input", json.dumps({"folder": FOLDER})
         )
         task_id = int(submitted.stdout.split()[0])
         before = await installed.finished(machine, task_id)
         assert before["state"] == "succeeded", before
         await machine.run("appliance", "secrets", "set", "github", "token", stdin=SECRET)
-        await installed.appliance(
-            machine, "prices", "set", "box-model", "input", "3", "--from", "2025-01-01"
-        )
+        await appliance(machine, "prices", "set", "box-model", "input", "3", "--from", "2025-01-01")
         applied_before = await migrations(machine)
 
         upgraded = await install(machine, deb)
         assert "refusing" not in upgraded.stderr
         await installed.active(machine)
         assert (await installed.readyz(machine))[0] == 200
-        shown = await installed.appliance(machine, "--json", "task", "show", str(task_id))
+        shown = await appliance(machine, "--json", "task", "show", str(task_id))
         assert json.loads(shown.stdout) == before
-        secrets = json.loads(
-            (await installed.appliance(machine, "--json", "secrets", "list")).stdout
-        )
+        secrets = json.loads((await appliance(machine, "--json", "secrets", "list")).stdout)
         assert [(s["integration"], s["name"]) for s in secrets] == [("github", "token")]
-        prices = json.loads((await installed.appliance(machine, "--json", "prices", "list")).stdout)
+        prices = json.loads((await appliance(machine, "--json", "prices", "list")).stdout)
         assert any(p["model"] == "box-model" for p in prices)
         applied_after = await migrations(machine)
         assert len(applied_after) == len(applied_before) + 1  # one new row, each version once
         assert applied_after[: len(applied_before)] == applied_before  # the old ones untouched
-        verified = await installed.appliance(machine, "audit", "verify", check=False)
+        verified = await appliance(machine, "audit", "verify", check=False)
         assert verified.code == 0, verified
-        doctor = json.loads(
-            (await installed.appliance(machine, "--json", "doctor", check=False)).stdout
-        )
+        doctor = json.loads((await appliance(machine, "--json", "doctor", check=False)).stdout)
         vault_lines = [c for c in doctor if c["name"] in ("database", "schema")]
         assert all(c["ok"] for c in vault_lines), vault_lines
 

@@ -58,14 +58,17 @@ async def unit(machine: box.Box, *properties: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
 
 
-async def appliance(machine: box.Box, *args: str, check: bool = True) -> box.Result:
-    """`appliance ...` in the box as root: the packaged wrapper runs it as the service user."""
-    env = [f"{key}={value}" for key, value in SETTINGS.items()]
+async def appliance(
+    machine: box.Box, *args: str, check: bool = True, settings: dict[str, str] | None = None
+) -> box.Result:
+    """`appliance ...` in the box as root: the packaged wrapper runs it as the service user.
+    With `settings` (default SETTINGS) as environment overrides, as the daemon has them."""
+    env = [f"{key}={value}" for key, value in (SETTINGS if settings is None else settings).items()]
     return await machine.run("env", *env, "appliance", *args, check=check)
 
 
 async def task(machine: box.Box, task_id: int) -> dict[str, Any]:
-    shown = await appliance(machine, "--json", "task", "show", str(task_id))
+    shown = await appliance(machine, "--json", "task", "show", str(task_id), settings=CONSOLE)
     found: dict[str, Any] = json.loads(shown.stdout)
     return found
 
