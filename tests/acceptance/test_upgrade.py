@@ -64,7 +64,7 @@ async def migrations(machine: box.Box) -> list[str]:
     listed = await machine.run(
         "runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "appliance", "-c", MIGRATIONS_SQL
     )
-    return listed.stdout.split()
+    return listed.stdout.splitlines()  # "version|applied_at", one line per migration
 
 
 class TestUpgrade:
