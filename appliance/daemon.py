@@ -15,11 +15,10 @@ import json
 import logging
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
-from appliance import approvals, demo, errors, health, leases, outbox, settings, vault
+from appliance import approvals, demo, errors, health, leases, outbox, settings, systemd, vault
 from appliance.agents import actions, loop
 from appliance.agents import client as agent_client
 from appliance.db import connection, migrations
@@ -42,19 +41,13 @@ class Options:
     local: bool = False
 
 
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about readiness and stopping; nothing under launchd."""
-    target = os.environ.get("NOTIFY_SOCKET")
-    if not target:
-        return
-    address = "\0" + target[1:] if target.startswith("@") else target
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
-
-
 async def run(config: settings.Settings, options: Options) -> int:
     """Run the daemon until a signal (or, with until_idle, until no work is left)."""
+    async with systemd.watchdog():
+        return await _run(config, options)
+
+
+async def _run(config: settings.Settings, options: Options) -> int:
     registry.import_modules(config.engine.workflow_modules)
     soft, hard = guard.raise_open_files_limit()
     log.info(
@@ -78,7 +71,7 @@ async def run(config: settings.Settings, options: Options) -> int:
             port=config.health.port,
             policy=listeners.policy_of(config),
             mesh=mesh,
-            on_waiting=lambda reason: sd_notify(f"STATUS={reason}"),
+            on_waiting=systemd.status,
         )
         await console.start()
     try:
@@ -194,7 +187,7 @@ async def _serve(  # noqa: PLR0915 - the composition root, until its parts becom
             "worker": work.worker_id if work else None,
         },
     )
-    sd_notify("READY=1")
+    systemd.ready(f"ready: {config.mode} mode, node {config.engine.node_name}")
     if options.demo_folder is not None:
         demo_task = await _submit_demo(db, config, options.demo_folder)
         background.append(asyncio.create_task(_report_demo(db, demo_task, stop)))
@@ -206,7 +199,7 @@ async def _serve(  # noqa: PLR0915 - the composition root, until its parts becom
         ends.append(console.failed)
     await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
-    sd_notify("STOPPING=1")
+    systemd.stopping()
     log.info("stopping", extra={"event": "daemon.stopping"})
     readiness.draining = True
     if public is not None:

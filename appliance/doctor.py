@@ -14,7 +14,7 @@ import os
 import pwd
 from typing import Literal
 
-from appliance import errors, settings, vault
+from appliance import backup, errors, settings, vault
 from appliance.db import audit as dbaudit
 from appliance.db import connection, embedded, migrations
 from appliance.db import outbox as dboutbox
@@ -50,6 +50,7 @@ async def run_checks(config: settings.Settings) -> list[Check]:
     if config.health.host == settings.TAILNET:
         checks.append(await _tailnet(config))
     checks.append(_exposure(config))
+    checks.extend(_backups(config))
     return checks
 
 
@@ -120,6 +121,54 @@ def _exposure(config: settings.Settings) -> Check:
         "bind each to the tailnet address or 127.0.0.1, or stop it; allow a listener you "
         "accept as mesh.allowed protocol/port@process (appliance exposure-check lists them all)",
     )
+
+
+BACKUP_STALE = dt.timedelta(hours=48)  # the timer makes one a night
+
+
+def _backups(config: settings.Settings) -> list[Check]:
+    """The newest backup's age, and whether this box's vault key opens its secrets."""
+    found = [(b, b.manifest) for b in backup.list_backups(config) if b.manifest is not None]
+    if not found:
+        return [
+            Check(
+                "backup",
+                False,
+                f"no backup in {backup.folder(config)}",
+                "appliance backup create (the appliance-backup.timer unit makes one nightly)",
+                severity="warn",
+            )
+        ]
+    newest, manifest = found[0]
+    age = dt.datetime.now(dt.UTC) - manifest.created_at
+    checks = [
+        Check(
+            "backup",
+            age <= BACKUP_STALE,
+            f"newest {newest.path.name}, {_duration(age)} old",
+            "appliance backup create; is appliance-backup.timer enabled?",
+            severity="warn",
+        )
+    ]
+    if manifest.vault_key_fingerprint is not None:
+        try:
+            offered = vault.fingerprint(vault.configured_key(config))
+            reason = f"this box's key is {offered}"
+        except errors.ApplianceError as exc:
+            offered, reason = None, exc.message.splitlines()[0]
+        if offered == manifest.vault_key_fingerprint:
+            checks.append(Check("backup key", True, "this box's vault key opens its secrets"))
+        else:
+            checks.append(
+                Check(
+                    "backup key",
+                    False,
+                    f"its secrets need the vault key {manifest.vault_key_fingerprint}; {reason}",
+                    "keep the key that made it (README: Install on a box, the vault key), "
+                    "or make a new backup: appliance backup create",
+                )
+            )
+    return checks
 
 
 def _state_dir(config: settings.Settings) -> Check:

@@ -16,6 +16,7 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │   ├── UnknownWorkflowError        65  404
     │   ├── UnknownTenantError          65  404
     │   ├── IdempotencyConflictError    65  409
+    │   ├── backup.BackupIntegrityError 65       a backup file is damaged or not a backup
     │   └── ingress.signatures.MalformedDeliveryError 65 400
     ├── NotFoundError                    1  404  the thing asked for does not exist
     ├── StateError                       1  409  the answer is no in the thing's current state

@@ -281,6 +281,15 @@ class LogSettings(_Section):
     )
 
 
+class BackupSettings(_Section):
+    dir: Path | None = pydantic.Field(
+        default=None, description="where backups are written (default: <state_dir>/backups)"
+    )
+    keep: int = pydantic.Field(
+        default=14, ge=1, description="backups kept; `backup create` deletes older ones"
+    )
+
+
 class Source(_Section):
     """One sender of webhooks to one tenant, at `/hooks/<tenant>/<name>`."""
 
@@ -432,6 +441,7 @@ class Settings(_Section):
     isolation: IsolationSettings = pydantic.Field(default_factory=IsolationSettings)
     approvals: ApprovalSettings = pydantic.Field(default_factory=ApprovalSettings)
     ingress: IngressSettings = pydantic.Field(default_factory=IngressSettings)
+    backup: BackupSettings = pydantic.Field(default_factory=BackupSettings)
     watches: tuple[Watch, ...] = pydantic.Field(
         default=(), description="local folders whose new or changed files start tasks"
     )

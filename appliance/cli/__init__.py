@@ -17,9 +17,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from appliance import __version__, errors, models, settings
+from appliance import __version__, errors, launchd, models, settings
 from appliance.cli import agents as agent_commands
 from appliance.cli import approvals as approval_commands
+from appliance.cli import backup as backup_commands
 from appliance.cli import output
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
@@ -548,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_tenants_list, "list tenants", tenants)
     agent_commands.add_commands(sub, add, _Parser)
     approval_commands.add_commands(sub, add, _Parser)
+    backup_commands.add_commands(sub, add, _Parser)
     return parser
 
 
@@ -575,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(handler(args, config))
     except errors.ApplianceError as exc:
         _report(exc, verbose)
-        return exc.exit_code
+        return launchd.exit_code(exc.exit_code)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -1,0 +1,87 @@
+"""Builds the .deb the way an operator does (packaging/deb/wheels.sh, then build.sh), for tests.
+
+The wheelhouse is gathered once into the repository's gitignored `.cache/wheelhouse` (the one
+step that uses the package registries); each build is then offline. `requirements()` says why
+this machine cannot build or boot the package, for a clear skip: the packaging tests need root
+(nspawn, dpkg-deb ownership), Debian's python3.11 and the tools scripts/test installs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WHEELHOUSE = ROOT / ".cache" / "wheelhouse"
+BUILD_SECONDS = 900.0
+TOOLS = ("dpkg-deb", "lintian", "shellcheck", "mmdebstrap", "systemd-nspawn", "nsenter")
+EPOCH = "1700000000"
+
+
+def requirements() -> str | None:
+    """Why the packaging tests cannot run here, or None."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "the packaging and boot tests run as root on Linux (scripts/test as root in CI)"
+    python = Path("/usr/bin/python3.11")
+    if not python.exists():
+        return "the package is built for Debian 12's /usr/bin/python3.11, which is missing"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"missing {', '.join(missing)} (scripts/test installs them as root)"
+    return None
+
+
+def version(tree: Path = ROOT) -> str:
+    """pyproject.toml's version."""
+    with (tree / "pyproject.toml").open("rb") as file:
+        found: str = tomllib.load(file)["project"]["version"]
+    return found
+
+
+def ensure_wheelhouse() -> Path:
+    """The wheelhouse, gathered first if it holds no wheel."""
+    if not any(WHEELHOUSE.glob("*.whl")):
+        subprocess.run(
+            [str(ROOT / "packaging" / "deb" / "wheels.sh"), str(WHEELHOUSE)],
+            check=True,
+            timeout=BUILD_SECONDS,
+            capture_output=True,
+        )
+    return WHEELHOUSE
+
+
+def build(out: Path, tree: Path = ROOT, epoch: str = EPOCH) -> Path:
+    """Build the .deb of `tree` into `out`, offline; its path."""
+    env = {**os.environ, "OUT": str(out), "WHEELHOUSE": str(ensure_wheelhouse())}
+    env["SOURCE_DATE_EPOCH"] = epoch
+    done = subprocess.run(
+        [str(tree / "packaging" / "deb" / "build.sh")],
+        env=env,
+        check=False,
+        timeout=BUILD_SECONDS,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"build.sh failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def tree_with_version(target: Path, new_version: str, *, drop_migrations: int = 0) -> Path:
+    """A copy of this tree whose pyproject.toml says `new_version` (an older release), without
+    its newest `drop_migrations` migrations (which that release did not have yet)."""
+    ignore = shutil.ignore_patterns(".venv", ".cache", "dist", ".git", "__pycache__", "*.pyc")
+    shutil.copytree(ROOT, target, ignore=ignore)
+    project = target / "pyproject.toml"
+    text = project.read_text(encoding="utf-8")
+    project.write_text(
+        text.replace(f'version = "{version()}"', f'version = "{new_version}"', 1),
+        encoding="utf-8",
+    )
+    for migration in sorted((target / "migrations").glob("*.sql"))[::-1][:drop_migrations]:
+        migration.unlink()
+    return target
