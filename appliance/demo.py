@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from appliance import errors
 from appliance.engine import context, registry
 
@@ -54,7 +56,15 @@ def summarize(files: list[dict[str, Any]], hashes: list[dict[str, Any]]) -> dict
     }
 
 
-@registry.workflow(WORKFLOW)
+class DigestInput(pydantic.BaseModel):
+    """The demo's input: the folder to digest."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    folder: str = pydantic.Field(min_length=1)
+
+
+@registry.workflow(WORKFLOW, input_model=DigestInput)
 async def folder_digest(ctx: context.TaskContext, task_input: Any) -> Any:
     """list → hash → summarise, each a checkpointed step."""
     folder = str(task_input["folder"])

@@ -678,14 +678,27 @@ class _Read:
     passages: list[dbdocuments.NewPassage] | None  # None: unchanged, not split
 
 
+def _not_ingested(path: Path) -> str | None:
+    """Why a file found is not read (None: it is)."""
+    if kind_of(path) is None:
+        return "not a text, Markdown or source file"
+    return None if path.is_file() else "not a regular file"
+
+
 def _walk(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The files to ingest under `paths` (sorted, absolute), and those skipped with a reason."""
+    """The files to ingest under `paths` (sorted, absolute), and those skipped with a reason
+    (an empty or unreadable folder too)."""
     files: list[Path] = []
     skipped: list[tuple[str, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        skipped.append((Path(exc.filename).as_posix(), f"unreadable: {exc.strerror or exc}"))
+
     for given in paths:
         path = given.resolve()
         if path.is_dir():
-            for folder, dirs, names in os.walk(path):
+            before = len(files) + len(skipped)
+            for folder, dirs, names in os.walk(path, onerror=unreadable):
                 dirs[:] = sorted(
                     d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRECTORIES
                 )
@@ -693,17 +706,20 @@ def _walk(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
                     if file_name.startswith("."):
                         continue
                     found = Path(folder, file_name)
-                    if kind_of(found) is None:
-                        skipped.append((found.as_posix(), "not a text, Markdown or source file"))
+                    if reason := _not_ingested(found):
+                        skipped.append((found.as_posix(), reason))
                     else:
                         files.append(found)
+            if len(files) + len(skipped) == before:
+                skipped.append((path.as_posix(), "an empty folder (hidden files are not read)"))
         elif path.is_file():
             if kind_of(path) is None:
                 skipped.append((path.as_posix(), "not a text, Markdown or source file"))
             else:
                 files.append(path)
         else:
-            skipped.append((path.as_posix(), "no such file or directory"))
+            what = "not a regular file" if path.exists() else "no such file or directory"
+            skipped.append((path.as_posix(), what))
     return files, skipped
 
 

@@ -23,6 +23,8 @@ import json
 import logging
 from typing import Any
 
+import pydantic
+
 from appliance import errors, settings
 from appliance.agents import actions, client, costs, definitions, prompt, retrieval, tools
 from appliance.db import agents as dbagents
@@ -158,7 +160,17 @@ def _text_of(content: list[dict[str, Any]]) -> str:
     return "\n".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
 
 
-@registry.workflow(WORKFLOW)
+class AgentInput(pydantic.BaseModel):
+    """The input of `agent.run`, checked by `appliance task submit` before the task is stored."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    agent: str = pydantic.Field(min_length=1)
+    prompt: str = pydantic.Field(min_length=1)
+    version: int | None = pydantic.Field(default=None, ge=1)
+
+
+@registry.workflow(WORKFLOW, input_model=AgentInput)
 async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
     """Prompt → (model call → tool calls)* → answer, every call a checkpointed step."""
     if not isinstance(task_input, dict) or "agent" not in task_input or "prompt" not in task_input:

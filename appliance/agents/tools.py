@@ -122,6 +122,9 @@ class Toolbox:
             known = ", ".join(sorted(self._tools)) or "none"
             raise errors.InputError(f"unknown tool {name!r}; known: {known}") from None
 
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
     def definitions(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
         """The definitions of these tools, sorted by name (a stable, cacheable prefix)."""
         return [self.get(name).definition() for name in sorted(set(names))]

@@ -20,8 +20,8 @@ from typing import Any, get_args
 from appliance import __version__, errors, launchd, models, settings
 from appliance.cli import agents as agent_commands
 from appliance.cli import approvals as approval_commands
+from appliance.cli import arguments, output, validation
 from appliance.cli import backup as backup_commands
-from appliance.cli import output
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
@@ -166,7 +166,13 @@ async def cmd_migrate(args: argparse.Namespace, config: settings.Settings) -> in
         db.pool.acquire() as conn,
     ):
         if args.print_sql:
-            for migration in (await migrations.status(conn)).pending:
+            pending = (await migrations.status(conn)).pending
+            if args.json:
+                output.emit_json(
+                    [{"file": m.filename, "sha256": m.checksum, "sql": m.text} for m in pending]
+                )
+                return 0
+            for migration in pending:
                 output.out(f"-- {migration.filename} (sha256 {migration.checksum})")
                 output.out(migration.text)
             return 0
@@ -222,23 +228,25 @@ async def cmd_doctor(args: argparse.Namespace, config: settings.Settings) -> int
 async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -> int:
     """Enqueue a task."""
     from appliance import demo  # noqa: F401 - registers the demo workflow
-    from appliance.agents import loop  # noqa: F401 - registers agent.run
+    from appliance.agents import loop  # registers agent.run
     from appliance.engine import registry, submission
 
-    try:
-        task_input = json.loads(args.input)
-    except json.JSONDecodeError as exc:
-        raise errors.InputError(f"--input is not valid JSON: {exc}") from exc
     registry.import_modules(config.engine.workflow_modules)
+    workflow = registry.registry.get(args.workflow)
+    task_input = validation.task_input(args.input, workflow)
+    tenant = args.tenant or config.default_tenant
     run_after = None
     if args.delay is not None:
         run_after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.delay)
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        await validation.known_tenant(db.pool, tenant)
+        if args.workflow == loop.WORKFLOW:
+            await validation.agent_task(db.pool, tenant, task_input)
         submitted = await submission.submit(
             db.pool,
             registry.registry,
             config.engine,
-            tenant_id=args.tenant or config.default_tenant,
+            tenant_id=tenant,
             workflow=args.workflow,
             task_input=task_input,
             priority=args.priority,
@@ -260,6 +268,8 @@ async def cmd_task_list(args: argparse.Namespace, config: settings.Settings) -> 
         tasks = await dbtasks.list_tasks(
             db.pool, tenant_id=args.tenant, state=args.state, limit=args.limit
         )
+        if not tasks and args.tenant is not None:
+            await validation.known_tenant(db.pool, args.tenant)
     if args.json:
         output.emit_json([_task_dict(t) for t in tasks])
         return 0
@@ -277,6 +287,7 @@ async def cmd_task_list(args: argparse.Namespace, config: settings.Settings) -> 
             for t in tasks
         ],
         ("id", "tenant", "workflow", "state", "attempts", "created", "error"),
+        whole_in="appliance task show ID",
     )
     return 0
 
@@ -290,9 +301,9 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
         steps = await dbtasks.list_steps(db.pool, args.task_id)
         attempts = await dbtasks.list_attempts(db.pool, args.task_id)
     if args.json:
-        data = _task_dict(task)
-        data["steps"] = [output.fields(s) for s in steps]
-        data["attempts"] = [output.fields(a) for a in attempts]
+        data = _task_dict(task)  # `attempts` stays the count, as in `task list`
+        data["steps"] = steps
+        data["attempt_history"] = attempts
         output.emit_json(data)
         return 0
     for key in (
@@ -313,10 +324,10 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
     ):
         value = getattr(task, key)
         if value is not None:
-            output.out(f"{key:<20}{output.cell(value)}")
-    output.out(f"{'input':<20}{json.dumps(task.input)}")
+            output.field(key, value, width=20)
+    output.field("input", json.dumps(task.input), width=20)
     if task.output is not None:
-        output.out(f"{'output':<20}{json.dumps(task.output)}")
+        output.field("output", json.dumps(task.output), width=20)
     output.out("")
     output.out("steps")
     output.table(
@@ -441,7 +452,8 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors exit 2 through our handler, with the usage line."""
 
     def error(self, message: str) -> Any:
-        raise errors.UsageError(f"{message}\n{self.format_usage().strip()}")
+        usage = " ".join(self.format_usage().split())  # one line, however long
+        raise errors.UsageError(f"{message}; {usage}")
 
 
 def _global_options(target: argparse.ArgumentParser, *, below_subcommand: bool) -> None:
@@ -520,25 +532,27 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", default="{}", help="the task input as JSON")
     submit.add_argument("--tenant", help="tenant id (default: the configured default tenant)")
     submit.add_argument("--idempotency-key", help="the same key returns the same task")
-    submit.add_argument("--priority", type=int, default=0, help="higher runs first")
-    submit.add_argument("--delay", type=float, help="seconds before it may run")
-    submit.add_argument("--max-attempts", type=int, help="attempts before it fails")
+    submit.add_argument("--priority", type=arguments.priority, default=0, help="higher runs first")
+    submit.add_argument("--delay", type=arguments.seconds, help="seconds before it may run")
+    submit.add_argument("--max-attempts", type=arguments.count, help="attempts before it fails")
     listing = add("list", cmd_task_list, "list tasks, newest first", task)
     listing.add_argument("--tenant")
     listing.add_argument("--state", choices=sorted(get_args(models.TaskState)))
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=arguments.count, default=50)
     for name, handler, text in (
         ("show", cmd_task_show, "a task with its steps and attempts"),
         ("cancel", cmd_task_cancel, "cancel a task"),
         ("retry", cmd_task_retry, "requeue a failed or cancelled task"),
     ):
-        add(name, handler, text, task).add_argument("task_id", type=int)
+        add(name, handler, text, task).add_argument("task_id", type=arguments.identifier)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit_command", required=True, parser_class=_Parser
     )
     add("verify", cmd_audit_verify, "verify every hash chain", audit)
-    add("show", cmd_audit_show, "a task's audit entries", audit).add_argument("task_id", type=int)
+    add("show", cmd_audit_show, "a task's audit entries", audit).add_argument(
+        "task_id", type=arguments.identifier
+    )
 
     tenants = sub.add_parser("tenants", help="tenants").add_subparsers(
         dest="tenants_command", required=True, parser_class=_Parser
@@ -554,12 +568,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(exc: BaseException, verbose: bool) -> None:
+    """One line saying what went wrong. The causes follow only where a person can act on them:
+    our own errors that add to the message, every cause of a bug (exit 70), and with -v the
+    whole chain (driver errors included) and the traceback."""
     output.err(f"appliance: error: {exc}")
+    bug = (
+        not isinstance(exc, errors.ApplianceError)
+        or exc.exit_code == errors.ApplianceError.exit_code
+    )
+    said = str(exc)
     cause = exc.__cause__
     while cause is not None:
-        output.err(f"  caused by: {type(cause).__name__}: {cause}")
+        text = str(cause)
+        adds = isinstance(cause, errors.ApplianceError) and text not in said
+        if verbose or bug or adds:
+            output.err(f"  caused by: {type(cause).__name__}: {text}")
+            said += text
         cause = cause.__cause__
-    if verbose:
+    if verbose or not isinstance(exc, errors.ApplianceError):
         traceback.print_exception(exc, file=sys.stderr)
 
 
@@ -585,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 70
-        _report(exc, True)
+        _report(exc, verbose)
         return errors.ApplianceError.exit_code
 
 
@@ -608,7 +634,7 @@ def _configure_logging(args: argparse.Namespace, config: settings.Settings) -> N
     from appliance import observability
 
     level = config.log.level if args.handler is cmd_run else "WARNING"
-    observability.configure(level, config.log.format)
+    observability.configure(level, "json" if args.json else config.log.format)
 
 
 if __name__ == "__main__":

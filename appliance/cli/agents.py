@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import decimal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from appliance import errors, settings
-from appliance.cli import output
+from appliance.cli import arguments, output, validation
 from appliance.db import connection
 from appliance.db import tasks as dbtasks
 
@@ -22,6 +21,8 @@ async def cmd_agents_apply(args: argparse.Namespace, config: settings.Settings) 
     definition = definitions.load(args.file)
     tenant = args.tenant or config.default_tenant
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        await validation.known_tenant(db.pool, tenant)
+        await validation.agent_definition(db.pool, config, definition, args.file)
         version, created = await definitions.apply(
             db.pool, definition, tenant_id=tenant, actor=output.actor()
         )
@@ -39,8 +40,11 @@ async def cmd_agents_list(args: argparse.Namespace, config: settings.Settings) -
     """A tenant's agents, newest versions."""
     from appliance.db import agents as dbagents
 
+    tenant = args.tenant or config.default_tenant
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
-        found = await dbagents.list_agents(db.pool, tenant_id=args.tenant or config.default_tenant)
+        found = await dbagents.list_agents(db.pool, tenant_id=tenant)
+        if not found:
+            await validation.known_tenant(db.pool, tenant)
     if args.json:
         output.emit_json([output.fields(a) for a in found])
     else:
@@ -71,8 +75,7 @@ async def cmd_agents_show(args: argparse.Namespace, config: settings.Settings) -
     else:
         for key, value in data.items():
             if key != "persona":
-                shown = ", ".join(value) if isinstance(value, tuple) else output.cell(value)
-                output.out(f"{key:<14}{shown}")
+                output.field(key, ", ".join(value) if isinstance(value, tuple) else value, width=14)
         output.out("persona")
         output.out(agent.persona)
     return 0
@@ -82,17 +85,13 @@ async def cmd_prices_set(args: argparse.Namespace, config: settings.Settings) ->
     """Add a price (USD per million tokens) from a date on."""
     from appliance.agents import costs
 
-    try:
-        usd = decimal.Decimal(args.usd_per_mtok)
-    except decimal.InvalidOperation as exc:
-        raise errors.InputError(f"not a price: {args.usd_per_mtok!r}") from exc
     start = args.effective_from or dt.datetime.now(dt.UTC).date()
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
         price = await costs.set_price(
             db.pool,
             model=args.model,
             category=args.category,
-            usd_per_mtok=usd,
+            usd_per_mtok=args.usd_per_mtok,
             effective_from=start,
         )
     if args.json:
@@ -125,6 +124,8 @@ async def cmd_cost(args: argparse.Namespace, config: settings.Settings) -> int:
 
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
         rows = await costs.cost_report(db.pool, by=args.by, since=args.since, tenant_id=args.tenant)
+        if not rows and args.tenant is not None:
+            await validation.known_tenant(db.pool, args.tenant)
     if args.json:
         output.emit_json([output.fields(r) for r in rows])
         return 0
@@ -167,24 +168,39 @@ async def cmd_cost(args: argparse.Namespace, config: settings.Settings) -> int:
 
 
 async def cmd_docs_add(args: argparse.Namespace, config: settings.Settings) -> int:
-    """Ingest files and folders into a collection (a changed file replaces its passages)."""
+    """Ingest files and folders into a collection (a changed file replaces its passages).
+
+    A named path that is missing (or not a file or folder) stops it before anything is read:
+    exit 65. When every file was skipped, nothing is ingested: exit 65 saying what and why."""
     from appliance.agents import documents
 
+    for path in args.paths:
+        if not path.is_file() and not path.is_dir():
+            what = "not a file or folder" if path.exists() else "no such file or folder"
+            raise errors.InputError(f"docs add {path}: {what}")
     tenant = args.tenant or config.default_tenant
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
         report = await documents.add_documents(
             db.pool, tenant_id=tenant, collection=args.collection, paths=args.paths
         )
+    stored = report.added + report.replaced + report.embedded + report.unchanged
     if args.json:
         output.emit_json(output.fields(report))
-        return 0
-    output.out(
-        f"collection {args.collection} (tenant {tenant}): {len(report.added)} added, "
-        f"{len(report.replaced)} replaced, {len(report.unchanged)} unchanged, "
-        f"{len(report.skipped)} skipped; {report.passages} passages written"
-    )
-    for source, reason in report.skipped:
-        output.err(f"skipped {source}: {reason}")
+    elif stored:
+        output.out(
+            f"collection {args.collection} (tenant {tenant}): {len(report.added)} added, "
+            f"{len(report.replaced)} replaced, {len(report.unchanged)} unchanged, "
+            f"{len(report.skipped)} skipped; {report.passages} passages written"
+        )
+        for source, reason in report.skipped:
+            output.err(f"skipped {source}: {reason}")
+    if not stored:
+        shown = "; ".join(f"{source}: {reason}" for source, reason in report.skipped[:5])
+        more = len(report.skipped) - 5
+        raise errors.InputError(
+            f"nothing ingested into collection {args.collection}: {shown}"
+            + (f" and {more} more (--json lists them)" if more > 0 else "")
+        )
     return 0
 
 
@@ -235,7 +251,13 @@ async def cmd_policy_diff(args: argparse.Namespace, config: settings.Settings) -
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
         first = await policies.get_policy(db.pool, tenant_id=tenant, version=args.a)
         second = await policies.get_policy(db.pool, tenant_id=tenant, version=args.b)
-    output.out(policies.diff_policies(first, second) or "no difference")
+    diff = policies.diff_policies(first, second)
+    if args.json:
+        output.emit_json(
+            {"tenant_id": tenant, "from": args.a, "to": args.b, "diff": diff.splitlines()}
+        )
+    else:
+        output.out(diff or "no difference")
     return 0
 
 
@@ -264,6 +286,20 @@ def _secret_value(args: argparse.Namespace) -> bytes:
     return vault.read_value("stdin")
 
 
+def _done(args: argparse.Namespace, tenant: str, result: str) -> None:
+    """What a secrets command did to which secret (never its value)."""
+    scope = {
+        "tenant_id": tenant,
+        "integration": args.integration,
+        "workflow": args.workflow,
+        "name": args.name,
+    }
+    if args.json:
+        output.emit_json({**scope, "result": result})
+    else:
+        output.out(f"secret {'/'.join(scope.values())}: {result}")
+
+
 async def cmd_secrets_set(args: argparse.Namespace, config: settings.Settings) -> int:
     """Store a secret (the value from stdin or --from-file, never the command line)."""
     from appliance import vault
@@ -284,8 +320,7 @@ async def cmd_secrets_set(args: argparse.Namespace, config: settings.Settings) -
             rotate_every=every,
             actor=output.actor(),
         )
-    where = f"{tenant}/{args.integration}/{args.workflow}/{args.name}"
-    output.out(f"secret {where}: {'created' if created else 'replaced'}")
+    _done(args, tenant, "created" if created else "replaced")
     return 0
 
 
@@ -307,7 +342,7 @@ async def cmd_secrets_rotate(args: argparse.Namespace, config: settings.Settings
             value=value,
             actor=output.actor(),
         )
-    output.out(f"secret {tenant}/{args.integration}/{args.workflow}/{args.name}: rotated")
+    _done(args, tenant, "rotated")
     return 0
 
 
@@ -325,7 +360,7 @@ async def cmd_secrets_delete(args: argparse.Namespace, config: settings.Settings
             name=args.name,
             actor=output.actor(),
         )
-    output.out(f"secret {tenant}/{args.integration}/{args.workflow}/{args.name}: deleted")
+    _done(args, tenant, "deleted")
     return 0
 
 
@@ -333,8 +368,11 @@ async def cmd_secrets_list(args: argparse.Namespace, config: settings.Settings) 
     """A tenant's secrets: scope, key version, rotation (never the values)."""
     from appliance import vault
 
+    tenant = args.tenant or config.default_tenant
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
-        found = await vault.list_secrets(db.pool, tenant_id=args.tenant or config.default_tenant)
+        found = await vault.list_secrets(db.pool, tenant_id=tenant)
+        if not found:
+            await validation.known_tenant(db.pool, tenant)
     if args.json:
         output.emit_json([output.fields(s) for s in found])
         return 0
@@ -349,10 +387,7 @@ async def cmd_budgets_set(args: argparse.Namespace, config: settings.Settings) -
     """Set a tenant's monthly budget or a task's budget; waiting tasks resume if it allows."""
     from appliance.agents import costs
 
-    try:
-        usd = decimal.Decimal(args.usd)
-    except decimal.InvalidOperation as exc:
-        raise errors.InputError(f"not an amount: {args.usd!r}") from exc
+    usd = args.usd
     tenant = args.tenant or config.default_tenant
     scope: Literal["month", "task"] = "task" if args.task is not None or args.per_task else "month"
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
@@ -393,7 +428,7 @@ def add_commands(
     agents_list.add_argument("--tenant")
     show = add("show", cmd_agents_show, "one version of an agent", agents)
     show.add_argument("name")
-    show.add_argument("--version", type=int)
+    show.add_argument("--version", type=arguments.version)
     show.add_argument("--tenant")
 
     prices = sub.add_parser("prices", help="model prices").add_subparsers(
@@ -404,8 +439,8 @@ def add_commands(
     price_set.add_argument(
         "category", choices=["input", "cache_write_5m", "cache_write_1h", "cache_read", "output"]
     )
-    price_set.add_argument("usd_per_mtok", help="USD per million tokens")
-    price_set.add_argument("--from", dest="effective_from", type=dt.date.fromisoformat)
+    price_set.add_argument("usd_per_mtok", type=arguments.usd, help="USD per million tokens")
+    price_set.add_argument("--from", dest="effective_from", type=arguments.day)
     price_list = add("list", cmd_prices_list, "price rows, history included", prices)
     price_list.add_argument("--model")
 
@@ -413,16 +448,16 @@ def add_commands(
     cost.add_argument(
         "--by", choices=["tenant", "agent", "model", "day", "task", "all"], default="tenant"
     )
-    cost.add_argument("--since", type=dt.date.fromisoformat, help="from this UTC date on")
+    cost.add_argument("--since", type=arguments.day, help="from this UTC date on")
     cost.add_argument("--tenant")
 
     budgets = sub.add_parser("budgets", help="budgets").add_subparsers(
         dest="budgets_command", required=True, parser_class=parser_class
     )
     budget_set = add("set", cmd_budgets_set, "set a budget (monthly by default)", budgets)
-    budget_set.add_argument("usd")
+    budget_set.add_argument("usd", type=arguments.usd, help="USD")
     budget_set.add_argument("--tenant")
-    budget_set.add_argument("--task", type=int, help="a budget for this task")
+    budget_set.add_argument("--task", type=arguments.identifier, help="a budget for this task")
     budget_set.add_argument("--per-task", action="store_true", help="a budget for each task")
 
     policy = sub.add_parser("policy", help="what agents may do alone").add_subparsers(
@@ -432,11 +467,11 @@ def add_commands(
     policy_apply.add_argument("file", type=Path)
     policy_apply.add_argument("--tenant")
     policy_show = add("show", cmd_policy_show, "a version of the policy", policy)
-    policy_show.add_argument("--version", type=int)
+    policy_show.add_argument("--version", type=arguments.version)
     policy_show.add_argument("--tenant")
     policy_diff = add("diff", cmd_policy_diff, "what changed between two versions", policy)
-    policy_diff.add_argument("a", type=int)
-    policy_diff.add_argument("b", type=int)
+    policy_diff.add_argument("a", type=arguments.version)
+    policy_diff.add_argument("b", type=arguments.version)
     policy_diff.add_argument("--tenant")
 
     _add_secret_commands(sub, add, parser_class)
@@ -470,6 +505,8 @@ def _add_secret_commands(
         if name != "delete":
             command.add_argument("--from-file", type=Path, help="read the value from this file")
         if name == "set":
-            command.add_argument("--rotate-every-days", type=int, help="rotation schedule")
+            command.add_argument(
+                "--rotate-every-days", type=arguments.days, help="rotation schedule"
+            )
     secrets_list = add("list", cmd_secrets_list, "a tenant's secrets, never their values", secrets)
     secrets_list.add_argument("--tenant")

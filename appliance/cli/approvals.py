@@ -16,9 +16,10 @@ import pwd
 from collections.abc import Callable
 from typing import Any
 
-from appliance import approvals, settings
-from appliance.cli import output
+from appliance import approvals, errors, settings
+from appliance.cli import arguments, output, validation
 from appliance.db import connection
+from appliance.db import tasks as dbtasks
 
 
 def principal() -> str:
@@ -54,6 +55,14 @@ async def cmd_approvals_list(args: argparse.Namespace, config: settings.Settings
             pending_only=not args.all,
             limit=args.limit,
         )
+        if not found and args.tenant is not None:
+            await validation.known_tenant(db.pool, args.tenant)
+        if (
+            not found
+            and args.task is not None
+            and await dbtasks.get_task(db.pool, args.task) is None
+        ):
+            raise errors.NotFoundError(f"no task {args.task}")
     if args.json:
         output.emit_json([_data(a) for a in found])
         return 0
@@ -73,6 +82,7 @@ async def cmd_approvals_list(args: argparse.Namespace, config: settings.Settings
             for a in found
         ],
         ("id", "tenant", "task", "tool", "class", "state", "approvals", "deadline", "why"),
+        whole_in="appliance approvals show ID",
     )
     return 0
 
@@ -107,7 +117,7 @@ def _print(approval: approvals.Approval) -> None:
     ]
     for key, value in lines:
         if value is not None:
-            output.out(f"{key:<17}{output.cell(value)}")
+            output.field(key, value, width=17)
     output.out(f"{'arguments':<17}{json.dumps(approval.arguments, indent=2)}")
     output.out("")
     output.out("votes")
@@ -161,18 +171,18 @@ def add_commands(
     )
     listing = add("list", cmd_approvals_list, "pending requests, soonest deadline first", commands)
     listing.add_argument("--tenant", help="one tenant's (default: every tenant's)")
-    listing.add_argument("--task", type=int, help="one task's")
+    listing.add_argument("--task", type=arguments.identifier, help="one task's")
     listing.add_argument("--all", action="store_true", help="decided ones too, newest first")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=arguments.count, default=50)
     add("show", cmd_approvals_show, "one request with its votes", commands).add_argument(
-        "approval_id", type=int
+        "approval_id", type=arguments.identifier
     )
     for name, handler, text in (
         ("approve", cmd_approvals_approve, "approve a pending request"),
         ("deny", cmd_approvals_deny, "deny a pending request"),
     ):
         command = add(name, handler, text, commands)
-        command.add_argument("approval_id", type=int)
+        command.add_argument("approval_id", type=arguments.identifier)
         command.add_argument("--reason", help="why, recorded with the vote")
         command.add_argument(
             "--as",

@@ -159,35 +159,28 @@ async def record_model_call(
     cache_note: str | None,
 ) -> ModelCall:
     """Add one call to the ledger."""
-    try:
-        with pool.translated():
-            row = await conn.fetchrow(
-                _Q["record_model_call"],
-                tenant_id,
-                task_id,
-                position,
-                agent,
-                agent_version,
-                model,
-                request_id,
-                started_at,
-                latency_ms,
-                input_tokens,
-                cache_creation_input_tokens,
-                cache_write_5m_tokens,
-                cache_write_1h_tokens,
-                cache_read_input_tokens,
-                output_tokens,
-                cost_usd,
-                uncached_cost_usd,
-                cache_note,
-            )
-    except errors.InputError as exc:
-        if "model_calls_tenant_id_fkey" in str(exc):
-            raise errors.UnknownTenantError(
-                f"unknown tenant {tenant_id!r}; create it with `appliance tenants add`"
-            ) from exc
-        raise
+    with pool.translated():
+        row = await conn.fetchrow(
+            _Q["record_model_call"],
+            tenant_id,
+            task_id,
+            position,
+            agent,
+            agent_version,
+            model,
+            request_id,
+            started_at,
+            latency_ms,
+            input_tokens,
+            cache_creation_input_tokens,
+            cache_write_5m_tokens,
+            cache_write_1h_tokens,
+            cache_read_input_tokens,
+            output_tokens,
+            cost_usd,
+            uncached_cost_usd,
+            cache_note,
+        )
     if row is None:
         raise errors.InputError(f"task {task_id} is not a task of tenant {tenant_id!r}")
     return ModelCall(**pool.record_dict(row))
@@ -216,17 +209,8 @@ async def upsert_budget(
     actor: str,
 ) -> Budget:
     """Set a budget (replacing the limit it had), audited in the tenant's chain."""
-    try:
-        with pool.translated():
-            row = await conn.fetchrow(
-                _Q["upsert_budget"], tenant_id, scope, task_id, usd_limit, actor
-            )
-    except errors.InputError as exc:
-        if "budgets_tenant_id_fkey" in str(exc):
-            raise errors.UnknownTenantError(
-                f"unknown tenant {tenant_id!r}; create it with `appliance tenants add`"
-            ) from exc
-        raise
+    with pool.translated():
+        row = await conn.fetchrow(_Q["upsert_budget"], tenant_id, scope, task_id, usd_limit, actor)
     if row is None:
         raise errors.InputError(f"task {task_id} is not a task of tenant {tenant_id!r}")
     values = pool.record_dict(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,35 @@ from appliance import errors, settings
 log = logging.getLogger(__name__)
 
 LEASE_LOST = "AP409"
+# What a person reads when a value breaks a CHECK constraint, by constraint name; any other
+# constraint is named with its table and column (`_broken_rule`).
+RULES = {
+    "tenants_tenant_id_check": "a tenant id must match ^[a-z0-9][a-z0-9_-]{0,62}$ (lower-case "
+    "letters, digits, '-' and '_', at most 63, starting with a letter or digit)",
+    "agents_name_check": "an agent name must match ^[a-z0-9][a-z0-9_.-]{0,62}$ (lower-case "
+    "letters, digits, '.', '-' and '_', at most 63, starting with a letter or digit)",
+    "agents_max_tokens_check": "an agent's max_tokens must be at least 1",
+    "agents_max_turns_check": "an agent's max_turns must be at least 1",
+    "collections_collection_check": "a collection name must match "
+    "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$ (at most 128, starting with a letter or digit)",
+    "prices_model_check": "a model name must be 1-200 characters without spaces",
+    "prices_usd_per_mtok_check": "a price must not be negative",
+    "budgets_usd_limit_check": "a budget must not be negative",
+    "budgets_check": "only a task budget names a task",
+    "tasks_max_attempts_check": "max attempts must be at least 1",
+    "tasks_concurrency_limit_check": "a concurrency limit must be at least 1",
+    "secrets_integration_check": "an integration name must match ^[a-z0-9][a-z0-9_.-]{0,62}$ "
+    "(lower-case letters, digits, '.', '-' and '_', at most 63, starting with a letter or digit)",
+    "secrets_name_check": "a secret name must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$ "
+    "(letters, digits, '.', '-' and '_', at most 128, starting with a letter or digit)",
+    "secrets_workflow_check": "a secret's workflow must be 1-200 characters (* for every one)",
+    "secrets_rotate_every_check": "a rotation period must be longer than zero",
+    "approval_votes_declared_as_check": "a declared name (--as) must be 1-200 characters",
+    "approval_votes_approver_check": "an approver's identity must be 1-200 characters",
+}
+_NOUNS = {"policies": "policy", "webhook_deliveries": "webhook delivery", "approval_votes": "vote"}
+_KEY = re.compile(r"^Key \((?P<columns>.*)\)=\((?P<values>.*)\) (is|already)")
+_ARGUMENT = re.compile(r"^invalid input for query argument \$\d+.*\((?P<reason>[^()]*)\)$", re.S)
 _UNAVAILABLE = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -135,18 +165,81 @@ def translated() -> Iterator[None]:
         raise errors.SchemaError(
             f"the schema is out of date ({exc}); run `appliance migrate`"
         ) from exc
-    except asyncpg.exceptions.ForeignKeyViolationError as exc:
-        if exc.constraint_name == "tasks_tenant_id_fkey":
-            raise errors.UnknownTenantError(
-                f"unknown tenant ({exc.detail}); create it with `appliance tenants add`"
-            ) from exc
-        raise errors.InputError(f"{exc} ({exc.detail})") from exc
-    except asyncpg.exceptions.UniqueViolationError as exc:
-        if exc.constraint_name == "audit_entries_pkey":
-            raise errors.ChainContentionError(str(exc)) from exc
-        raise errors.StateError(f"{exc} ({exc.detail})") from exc
+    except (
+        asyncpg.exceptions.IntegrityConstraintViolationError,
+        asyncpg.exceptions.DataError,
+    ) as exc:
+        raise _refused(exc) from exc
     except asyncpg.exceptions.PostgresError as exc:
         raise _server_error(exc) from exc
+
+
+def _refused(exc: asyncpg.exceptions.PostgresError) -> errors.ApplianceError:
+    """Ours for a value the database refused: a broken rule or an unfit value is bad input, an
+    unknown tenant is one, a duplicate is a no (`already exists`)."""
+    if isinstance(exc, asyncpg.exceptions.ForeignKeyViolationError):
+        return _missing_reference(exc)
+    if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
+        if exc.constraint_name == "audit_entries_pkey":
+            return errors.ChainContentionError(str(exc))
+        return errors.StateError(f"{_noun(exc.table_name)} {_key(exc.detail)}already exists")
+    if isinstance(exc, asyncpg.exceptions.CheckViolationError):
+        return errors.InputError(_broken_rule(exc))
+    if isinstance(exc, asyncpg.exceptions.NotNullViolationError):
+        return errors.InputError(
+            f"{_noun(exc.table_name)} needs a {exc.column_name or 'value'}; none was given"
+        )
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        return errors.InputError(f"a value does not fit: {_data_reason(exc)}")
+    return _server_error(exc)
+
+
+def _noun(table: str | None) -> str:
+    """`secrets` -> `secret`: the thing a row of the table is, for messages."""
+    if not table:
+        return "the row"
+    return _NOUNS.get(table, table.removesuffix("s").replace("_", " "))
+
+
+def _key(detail: str | None) -> str:
+    """`Key (a, b)=(x, y) already exists.` -> `(a, b)=(x, y) `; empty when Postgres kept the
+    values back (row security)."""
+    found = _KEY.match(detail or "")
+    return f"({found['columns']})=({found['values']}) " if found else ""
+
+
+def _missing_reference(exc: asyncpg.exceptions.ForeignKeyViolationError) -> errors.ApplianceError:
+    """An unknown tenant (or task, agent ...) named by a write; or a row still referenced."""
+    found = _KEY.match(exc.detail or "")
+    if found and "still referenced" in (exc.detail or ""):
+        return errors.StateError(f"{_noun(exc.table_name)} {_key(exc.detail)}is still in use")
+    columns = found["columns"] if found else ""
+    value = f" {found['values']!r}" if found else ""
+    if columns == "tenant_id" or (not found and "tenant_id_fkey" in (exc.constraint_name or "")):
+        name = found["values"] if found else "ID"
+        return errors.UnknownTenantError(
+            f"unknown tenant{value}; create it with `appliance tenants add {name}`"
+        )
+    what = columns.removesuffix("_id").replace("_", " ") if found else "row it refers to"
+    return errors.InputError(f"unknown {what}{value}")
+
+
+def _broken_rule(exc: asyncpg.exceptions.CheckViolationError) -> str:
+    """The rule a value broke, in words (never the failing row, which may hold anything)."""
+    name = exc.constraint_name or ""
+    if name in RULES:
+        return RULES[name]
+    if not name:
+        return f"a value was refused: {exc.args[0]}"
+    column = name.removeprefix(f"{exc.table_name}_").removesuffix("_check").replace("_", " ")
+    return f"a {column} of a {_noun(exc.table_name)} breaks its rule {name}"
+
+
+def _data_reason(exc: asyncpg.exceptions.DataError) -> str:
+    """Why Postgres (or the driver, encoding an argument) refused a value, without the value."""
+    message = str(exc.args[0]) if exc.args else type(exc).__name__
+    found = _ARGUMENT.match(message)
+    return found["reason"] if found else message.splitlines()[0]
 
 
 def _server_error(exc: asyncpg.exceptions.PostgresError) -> errors.ApplianceError:

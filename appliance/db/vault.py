@@ -115,25 +115,18 @@ async def set_secret(
     actor: str,
 ) -> bool:
     """Create or replace a secret, audited; True when created."""
-    try:
-        with pool.translated():
-            row = await conn.fetchrow(
-                _Q["set_secret"],
-                tenant_id,
-                integration,
-                workflow,
-                name,
-                key_version,
-                ciphertext,
-                rotate_every,
-                actor,
-            )
-    except errors.InputError as exc:
-        if "secrets_tenant_id_fkey" in str(exc):
-            raise errors.UnknownTenantError(
-                f"unknown tenant {tenant_id!r}; create it with `appliance tenants add`"
-            ) from exc
-        raise
+    with pool.translated():
+        row = await conn.fetchrow(
+            _Q["set_secret"],
+            tenant_id,
+            integration,
+            workflow,
+            name,
+            key_version,
+            ciphertext,
+            rotate_every,
+            actor,
+        )
     if row is None or not row["key_current"]:
         raise _key_rotated(key_version)
     return bool(row["created"])

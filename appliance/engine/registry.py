@@ -7,6 +7,8 @@ import importlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import pydantic
+
 from appliance import errors
 
 if TYPE_CHECKING:
@@ -21,6 +23,23 @@ class Workflow:
     fn: WorkflowFn
     integration: str | None = None
     max_attempts: int | None = None
+    input_model: type[pydantic.BaseModel] | None = None  # the input it takes, if declared
+
+    def check_input(self, task_input: Any) -> None:
+        """InputError naming the first way `task_input` does not fit the declared input."""
+        if self.input_model is None:
+            return
+        try:
+            self.input_model.model_validate(task_input)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise errors.InputError(
+                f"the input of workflow {self.name} does not fit: "
+                + (f"{where}: " if where else "")
+                + ("unknown key" if first["type"] == "extra_forbidden" else first["msg"])
+                + f" (it takes {_shape(self.input_model)})"
+            ) from None
 
 
 class Registry:
@@ -30,15 +49,21 @@ class Registry:
         self._workflows: dict[str, Workflow] = {}
 
     def workflow(
-        self, name: str, *, integration: str | None = None, max_attempts: int | None = None
+        self,
+        name: str,
+        *,
+        integration: str | None = None,
+        max_attempts: int | None = None,
+        input_model: type[pydantic.BaseModel] | None = None,
     ) -> Callable[[WorkflowFn], WorkflowFn]:
-        """Register the decorated function under `name`."""
+        """Register the decorated function under `name` (`input_model`: the input it takes,
+        checked by `appliance task submit` before the task is stored)."""
 
         def register(fn: WorkflowFn) -> WorkflowFn:
             existing = self._workflows.get(name)
             if existing is not None and existing.fn is not fn:
                 raise errors.ConfigError(f"workflow {name!r} is registered twice")
-            self._workflows[name] = Workflow(name, fn, integration, max_attempts)
+            self._workflows[name] = Workflow(name, fn, integration, max_attempts, input_model)
             return fn
 
         return register
@@ -62,6 +87,16 @@ class Registry:
         left_out = set(names)
         copy._workflows = {n: w for n, w in self._workflows.items() if n not in left_out}
         return copy
+
+
+def _shape(model: type[pydantic.BaseModel]) -> str:
+    """`{"agent": ..., "prompt": ..., "version"?: ...}`: the keys of an input, optional ones
+    marked."""
+    keys = (
+        f'"{name}"' + ("" if info.is_required() else "?")
+        for name, info in model.model_fields.items()
+    )
+    return "{" + ", ".join(f"{key}: ..." for key in keys) + "}"
 
 
 registry = Registry()

@@ -20,6 +20,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 ARGUMENTS = {"to": "customer@elsewhere.example", "subject": "Your refund", "token": "[redacted]"}
 WHY = 'rules[1] "mail-outside-the-company" (policy version 2)'
+LONG_WHY = (
+    'rules[3] "refunds-over-the-limit" (policy version 7): a refund of 1,250.00 EUR to '
+    "customer 88213 is above the 500.00 EUR a tool may refund alone; finance signs it off"
+)
+LONG_NO = (
+    "denied: the customer was refunded by bank transfer on Monday, see ticket 4471 " * 2
+).strip()
 
 
 async def pending(db: dbpool.Pool, **overrides: Any) -> approvals.Approval:
@@ -162,6 +169,34 @@ class TestShow:
         result = await cli(database_dsn, tmp_path, "approvals", "show", "4242")
 
         assert_refused(result, "4242")
+
+
+class TestWholeReasons:
+    async def test_show_prints_a_long_reason_whole(
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """The why of a request and the reason of a vote are printed uncut."""
+        approval = await pending(db, reason=LONG_WHY)
+        await approvals.decide(
+            db, approval_id=approval.approval_id, approver="os:bob", approve=False, reason=LONG_NO
+        )
+        result = await cli(database_dsn, tmp_path, "approvals", "show", str(approval.approval_id))
+
+        assert result.code == 0, result.stderr
+        assert LONG_WHY in result.stdout
+        assert LONG_NO in result.stdout
+
+    async def test_list_cuts_a_long_reason_and_says_where_it_is_whole(
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """The listing marks the cut and names `approvals show` on stderr."""
+        await pending(db, reason=LONG_WHY)
+        result = await cli(database_dsn, tmp_path, "approvals", "list")
+
+        assert result.code == 0, result.stderr
+        assert LONG_WHY not in result.stdout
+        assert result.stdout.splitlines()[1].endswith("...")
+        assert "appliance approvals show ID" in result.stderr
 
 
 class TestDecide:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from appliance.db import pool as dbpool
+from appliance.engine import context, registry
 from tests.support import daemon, workflows
+from tests.support import engine as support
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -247,7 +250,7 @@ class TestTaskCommands:
     async def test_show_json_has_the_task_with_steps_and_attempts(
         self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
     ) -> None:
-        """`task show --json` parses and carries input, steps and attempts."""
+        """`task show --json` parses and carries input, steps, the attempt count and history."""
         task_id = await submit(
             database_dsn, tmp_path, workflows.COUNTED, "--input", json.dumps({"gate": "/x"})
         )
@@ -259,7 +262,8 @@ class TestTaskCommands:
         assert data["workflow"] == workflows.COUNTED
         assert data["input"] == {"gate": "/x"}
         assert data["steps"] == []
-        assert data["attempts"] == []
+        assert data["attempts"] == 0
+        assert data["attempt_history"] == []
 
     async def test_list_json_has_the_newest_task_first(
         self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
@@ -294,3 +298,49 @@ class TestAudit:
         )
         assert shown.code == 0, shown.stderr
         assert [e["action"] for e in shown.json()] == ["task.submitted", "task.cancelled"]
+
+
+LONG_ERROR = "the refund could not be booked: " + " ".join(
+    f"ledger line {n} rejected" for n in range(30)
+)
+long_failures = registry.Registry()
+
+
+@long_failures.workflow("test.long_failure", max_attempts=1)
+async def long_failure(ctx: context.TaskContext, task_input: Any) -> Any:
+    """Fails at once with an error far longer than a table cell."""
+    raise RuntimeError(LONG_ERROR)
+
+
+async def failed_with_a_long_error(db: dbpool.Pool, dsn: str) -> int:
+    """A task that ran once and failed with LONG_ERROR."""
+    config = support.engine_settings()
+    task_id = await support.submit(db, long_failures, config, workflow="test.long_failure")
+    async with support.running_worker(db, dsn, config, long_failures) as run:
+        await support.wait_for_state(db, task_id, workers=[run])
+    return task_id
+
+
+class TestWholeText:
+    async def test_show_prints_a_long_error_whole(
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """`task show` gives the task's error and each attempt's error uncut."""
+        task_id = await failed_with_a_long_error(db, database_dsn)
+        shown = await daemon.cli("task", "show", str(task_id), folder=tmp_path, dsn=database_dsn)
+
+        assert shown.code == 0, shown.stderr
+        assert shown.stdout.count(LONG_ERROR) == 2  # the task's error, its one attempt's
+        assert "..." not in shown.stdout
+
+    async def test_list_cuts_a_long_error_and_says_where_it_is_whole(
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """`task list` may cut, marks the cut and names `task show` on stderr."""
+        await failed_with_a_long_error(db, database_dsn)
+        listed = await daemon.cli("task", "list", folder=tmp_path, dsn=database_dsn)
+
+        assert listed.code == 0, listed.stderr
+        assert LONG_ERROR not in listed.stdout
+        assert listed.stdout.splitlines()[1].endswith("...")
+        assert "appliance task show ID" in listed.stderr

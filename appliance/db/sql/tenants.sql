@@ -12,3 +12,7 @@ SELECT appliance.audit_append('tenant:' || c.tenant_id, c.tenant_id, NULL, $3, '
 -- name: list_tenants
 -- Every tenant, oldest first.
 SELECT tenant_id, name, created_at FROM appliance.tenants ORDER BY created_at, tenant_id;
+
+-- name: get_tenant
+-- One tenant, or no row.
+SELECT tenant_id, name, created_at FROM appliance.tenants WHERE tenant_id = $1;
