@@ -156,7 +156,8 @@ class Leases:
         try:
             parsed = uuid.UUID(lease_id)
         except (ValueError, TypeError, AttributeError):
-            await self.refuse(binding, "redeem", "not a lease id", lease_id=str(lease_id)[:64])
+            shown = redaction.registry.clip(str(lease_id), 64)
+            await self.refuse(binding, "redeem", "not a lease id", lease_id=shown)
         spent = await dbisolation.redeem_lease(
             self._pool,
             lease_id=parsed,
