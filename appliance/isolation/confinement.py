@@ -38,6 +38,7 @@ lists the masks), and where a tool sends what it has over its egress ports.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -63,6 +64,7 @@ LAYERS = (
     "seccomp",
     "rlimits",
 )
+_PROBED = ("mount_namespace", "pid_namespace", "private_proc", "seccomp")
 DNS_PORT = 53  # TCP to it is always allowed: the resolver is told to use TCP (`options use-vc`)
 _RELAX = "on a host that cannot do this, set isolation.strict = false to run with what it supports"
 
@@ -227,7 +229,8 @@ def capabilities() -> dict[str, bool | int]:
     missing = dict(_unsupported(abi))
     found: dict[str, bool | int] = {layer: layer not in missing for layer in LAYERS}
     tried = _probe() if _linux() else {}
-    found.update({layer: bool(found[layer]) and works for layer, works in tried.items()})
+    for layer in _PROBED:  # a layer the probe did not report working does not work
+        found[layer] = bool(found[layer]) and tried.get(layer, False)
     found["landlock_abi"] = abi
     return found
 
@@ -387,14 +390,13 @@ def _try_layers(scratch: str, report: int) -> None:
     if first == 0:
         try:
             found = {"private_proc": False, "seccomp": False}
-            try:
+            with contextlib.suppress(OSError):
                 namespaces.mount_proc()
                 found["private_proc"] = True
+            with contextlib.suppress(OSError, KeyError):
                 _no_new_privs()
                 seccomp.install()
                 found["seccomp"] = True
-            except (OSError, KeyError):
-                pass
             tell(**found)
         finally:
             os._exit(0)

@@ -708,3 +708,36 @@ class TestUnprivileged:
         report = json.loads(finished.stdout)
         assert report["applied"] == {"layers": list(confinement.LAYERS), "skipped": []}
         assert report["result"] == [[1, 2], [], nobody.pw_uid]
+
+
+# What systemd's ProtectKernelTunables= does: part of /proc mounted over (read-only).
+COVERED_PROC = 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"'
+
+
+def covered_proc() -> list[str]:
+    """A command prefix: in a mount namespace of its own, with /proc/sys mounted over."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mounting over /proc/sys needs root and util-linux's unshare")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", COVERED_PROC, "sh"]
+
+
+class TestCoveredProc:
+    def test_doctor_sees_that_no_private_proc_can_be_mounted(self) -> None:
+        """capabilities() tries it: private_proc is missing, every other layer is there."""
+        attack = "from appliance.isolation import confinement; result = confinement.capabilities()"
+        found = probe(attack, None, within=covered_proc())["result"]
+        assert [layer for layer in confinement.LAYERS if not found[layer]] == ["private_proc"]
+
+    def test_strict_refuses_naming_the_layer(self, tmp_path: Path) -> None:
+        """With strict, the call is refused (exit 1, ConfinementError naming private_proc)."""
+        finished = run("result = 1", spec_for(tmp_path), within=covered_proc())
+        assert finished.returncode == 1
+        assert "ConfinementError" in finished.stderr
+        assert "private_proc: [Errno 1] mount /proc: Operation not permitted" in finished.stderr
+
+    def test_not_strict_keeps_the_pid_namespace(self, tmp_path: Path) -> None:
+        """Without strict the call still runs in its PID namespace (killed whole), seeing the
+        host's /proc; private_proc is reported skipped."""
+        report = probe("result = 1", spec_for(tmp_path, strict=False), within=covered_proc())
+        assert "pid_namespace" in report["applied"]["layers"]
+        assert [layer for layer, _ in report["applied"]["skipped"]] == ["private_proc"]

@@ -10,7 +10,8 @@ leaves processes behind: a child, and a daemon that forks twice, setsid()s and i
 and SIGHUP while it holds whatever sockets were made. While the call holds at its gate and
 after it ended, `appliance exposure-check` (the installed command) passes in the namespace,
 the namespace's /proc/net tables show no listening TCP socket but the test's gate and no UDP
-socket at all, and afterwards no process the call started is alive.
+socket at all, and afterwards no process the call started is alive: after its answer, after
+its time limit, and after a kill -9 of the process that runs the supervisor.
 
 Skipped, with the reason, where no namespace can be made (not root, no `ip netns`, no veth).
 """
@@ -23,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +198,23 @@ class TestDoors:
         assert isolation.marked(marker) == []
         assert exposure_check(namespace, config).returncode == 0
         assert listening(sockets(namespace)) == []
+
+    def test_a_daemon_killed_with_sigkill_takes_its_calls_with_it(
+        self, namespace: netns.Namespace, marker: str
+    ) -> None:
+        """kill -9 of the process that runs the supervisor, mid-call: the call's process
+        follows it, and its PID namespace with everything the call left running."""
+        driver = Driver(namespace, marker)
+        try:
+            driver.read()
+            alive = isolation.marked(marker)
+            driver.process.send_signal(signal.SIGKILL)
+            driver.finish()
+            deadline = time.monotonic() + SECONDS
+            while isolation.marked(marker) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            driver.close()
+
+        assert len(alive) >= 2
+        assert isolation.marked(marker) == []
