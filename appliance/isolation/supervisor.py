@@ -171,7 +171,10 @@ class Supervisor:
                 )
                 return redaction.registry.scrub(value)
             except errors.ApplianceError as exc:
-                raise _scrubbed(exc) from None
+                clean = redaction.registry.scrub_error(exc)
+                if clean is exc:
+                    raise
+                raise clean from None
             finally:
                 await call.stop()
                 _log_output(output, binding)
@@ -382,11 +385,6 @@ def _log_output(path: Path, binding: leases.Binding) -> None:
                 text,
                 extra={"event": "isolation.tool_output", "task_id": binding.task_id},
             )
-
-
-def _scrubbed(exc: errors.ApplianceError) -> BaseException:
-    """The call's failure, or a copy of it without the secrets its text or causes held."""
-    return redaction.registry.scrub_error(exc)
 
 
 @functools.cache

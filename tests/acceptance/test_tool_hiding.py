@@ -84,6 +84,7 @@ class TestWhatAToolSees:
         state = box / "state"
         state.mkdir()
         (state / "cluster").write_text(canary)
+        (box / "events.jsonl").write_text(f"{canary}\n")  # the outbox file (file sink)
         key = tmp_path / "keys" / "vault.key"
         key.parent.mkdir()
         await vault.open_vault(db, vault.create_key_file(key), initialise=True)

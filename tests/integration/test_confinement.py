@@ -578,6 +578,29 @@ class TestKeptPaths:
         assert probe(attack, spec)["result"] is False
 
 
+class TestResolverFile:
+    def test_a_resolv_conf_that_leads_into_a_hidden_directory_still_reads(
+        self, tmp_path: Path
+    ) -> None:
+        """/etc/resolv.conf as systemd-resolved makes it, a link into /run (hidden): inside,
+        the link leads to the host's text plus `options use-vc`; nothing else of /run shows."""
+        run_dir = tmp_path / "run"
+        (run_dir / "resolve").mkdir(parents=True)
+        (run_dir / "resolve" / "stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
+        (run_dir / "tailscale.sock").write_text("")
+        link = tmp_path / "resolv.conf"
+        link.symlink_to(run_dir / "resolve" / "stub-resolv.conf")
+        setup = (
+            f"from appliance.isolation import namespaces; namespaces.RESOLV_CONF = {str(link)!r}"
+        )
+        listing = f"sorted(os.listdir({str(run_dir)!r}))"
+        attack = f"import os; result = [open({str(link)!r}).read(), {listing}]"
+        spec = spec_for(tmp_path, hidden_paths=(str(run_dir),))
+        text, listed = probe(attack, spec, setup)["result"]
+        assert text == "nameserver 127.0.0.53\noptions use-vc\n"
+        assert listed == ["resolve"]
+
+
 @contextlib.contextmanager
 def name_server(created: netns.Namespace) -> Iterator[None]:
     """Inside `created`: /etc/resolv.conf names 127.0.0.1 (`ip netns exec` mounts

@@ -350,15 +350,17 @@ class TestRedaction:
             ("exit", "exited with status 1"),
             ("crash", "exited with status 3"),
             ("request", "NotAllowedError: [redacted:"),
+            ("lease", "NotAllowedError: lease refused: no secret '[redacted:"),
         ],
     )
     async def test_no_way_out_of_a_tool_carries_the_secret_in_any_encoding(
         self, harness: Harness, caplog: pytest.LogCaptureFixture, how: str, shown: str
     ) -> None:
         """Raised (with causes, as the class name), returned, printed, cut by the log's tail,
-        in an exit or a crash, or in a request: plain, base64(url) with or without padding,
-        hex either case, inside Basic auth, percent-encoded; no piece of it is written
-        anywhere, and the model is told what happened with the label in its place."""
+        in an exit or a crash, in a request or as the name of a lease: plain, base64(url)
+        with or without padding, hex either case, inside Basic auth, percent-encoded; no
+        piece of it is written anywhere, and the model is told what happened with the label
+        in its place."""
         canary = "canary-" + secrets.token_hex(16)
         await put_secret(harness.db, harness.vault, "api-key", canary.encode())
         caplog.set_level("DEBUG")

@@ -284,6 +284,8 @@ async def _spill(how: str, token: str, text: str, call: tools.Call) -> Any:
         os._exit(3)
     elif how == "request":
         await call.services.request(text)
+    elif how == "lease":
+        await call.services.secret(text)
     return "done"
 
 
