@@ -63,6 +63,7 @@ _AT_RECURSIVE = 0x8000
 _OPEN_TREE_CLONE = 1
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _STATUS_BYTES = 4
+_MAX_DESCRIPTORS = 1 << 20
 
 
 def check(result: int, what: str) -> int:
@@ -227,21 +228,36 @@ def enter_pid_namespace() -> None:
 
 def _close_all_but(keep: set[int]) -> None:
     """Close every descriptor but stdin, stdout, stderr and `keep` (the channel included)."""
+    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if top in (resource.RLIM_INFINITY, -1) or top > _MAX_DESCRIPTORS:
+        top = _MAX_DESCRIPTORS
     low = 3
     for fd in sorted(k for k in keep if k >= low):
         os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.closerange(low, top)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor of process `pid` (Linux >= 5.3), or None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
 
 
 def _wait_outside(init: int, status_read: int, alive_write: int) -> NoReturn:
     """The waiter: leave as the call's first process left, once the init is gone."""
     try:
         _close_all_but({status_read, alive_write})
+        handle = _pidfd(init)  # this very process, even once its number is free again
 
         def end(_signum: int, _frame: object) -> None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(init, signal.SIGKILL)
+                if handle is None:
+                    os.kill(init, signal.SIGKILL)
+                else:
+                    signal.pidfd_send_signal(handle, signal.SIGKILL)
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, end)
