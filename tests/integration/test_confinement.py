@@ -737,14 +737,26 @@ class TestUnprivileged:
 COVERED_PROC = 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"'
 
 
-def covered_proc() -> list[str]:
-    """A command prefix: in a mount namespace of its own, with /proc/sys mounted over."""
+def covered_proc(script: str = COVERED_PROC) -> list[str]:
+    """A command prefix: in a mount namespace of its own, after `script` (by default, with
+    /proc/sys mounted over)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("mounting over /proc/sys needs root and util-linux's unshare")
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", COVERED_PROC, "sh"]
+        pytest.skip("mounting over /proc needs root and util-linux's unshare")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+# What systemd's ProtectProc=invisible with ProcSubset=pid does: a /proc instance of its own.
+HIDDEN_PIDS_PROC = 'mount -t proc -o hidepid=invisible,subset=pid proc /proc && exec "$@"'
 
 
 class TestCoveredProc:
+    def test_a_proc_mounted_as_protect_proc_does_is_no_obstacle(self) -> None:
+        """/proc remounted hidepid=invisible,subset=pid: every layer still applies."""
+        within = covered_proc(HIDDEN_PIDS_PROC)
+        attack = "from appliance.isolation import confinement; result = confinement.capabilities()"
+        found = probe(attack, None, within=within)["result"]
+        assert [layer for layer in confinement.LAYERS if not found[layer]] == []
+
     def test_doctor_sees_that_no_private_proc_can_be_mounted(self) -> None:
         """capabilities() tries it: private_proc is missing, every other layer is there."""
         attack = "from appliance.isolation import confinement; result = confinement.capabilities()"
