@@ -39,6 +39,7 @@ class Options:
     demo_folder: Path | None = None
     until_idle: bool = False
     local: bool = False
+    config_file: Path | None = None  # the file the settings were read from, hidden from tools
 
 
 async def run(config: settings.Settings, options: Options) -> int:
@@ -151,7 +152,7 @@ async def _serve(  # noqa: PLR0915 - the composition root, until its parts becom
     verifiers: credentials.Verifiers,
 ) -> int:
     # The vault before any work starts: a wrong master key is exit 78, not a half-started daemon.
-    isolation = await _isolation(config, db) if config.mode != "ingress" else None
+    isolation = await _isolation(config, db, options) if config.mode != "ingress" else None
     model = agent_client.ModelClient(config.model) if config.model.api_key else None
     engine_health = worker.Health()
     background = [
@@ -220,7 +221,9 @@ async def _serve(  # noqa: PLR0915 - the composition root, until its parts becom
     return 0
 
 
-async def _isolation(config: settings.Settings, db: connection.Database) -> supervisor.Supervisor:
+async def _isolation(
+    config: settings.Settings, db: connection.Database, options: Options
+) -> supervisor.Supervisor:
     """Tool calls and isolated steps, each in its own confined process with leases from the
     vault; without a vault (not initialised, no key yet) they run but cannot lease secrets."""
     opened: vault.Vault | None
@@ -230,11 +233,7 @@ async def _isolation(config: settings.Settings, db: connection.Database) -> supe
         log.warning("tools get no secrets: %s", exc, extra={"event": "isolation.no_vault"})
         opened = None
     grants = leases.Leases(db.pool, opened, ttl_seconds=config.isolation.lease_ttl_seconds)
-    hidden = [
-        config.state_dir,
-        config.vault.key_file or config.state_dir / "vault.key",
-        settings.config_path(None, os.environ)[0],
-    ]
+    hidden = supervisor.private_paths(config, options.config_file, os.environ)
     return supervisor.Supervisor(db.pool, grants, config.isolation, hidden_paths=hidden)
 
 

@@ -68,8 +68,10 @@ def _isolation(config: settings.Settings) -> Check:
             "tool isolation",
             False,
             detail + "; tool calls and isolated steps will be refused",
-            "use a kernel with Landlock (5.13+, 6.7+ for network rules) and user namespaces, "
-            "or set isolation.strict = false to run tools less confined",
+            "use a kernel with Landlock ABI 6 (Linux 6.12+), seccomp and user namespaces "
+            "(user, mount and PID may be created; no part of /proc covered, as systemd's "
+            "ProtectKernelTunables= and ProtectKernelLogs= do), or set isolation.strict = false "
+            "to run tools less confined",
         )
     return Check(
         "tool isolation",

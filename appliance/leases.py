@@ -67,7 +67,9 @@ class Leases:
         self._ttl = ttl_seconds
 
     async def refuse(self, binding: Binding, what: str, reason: str, **detail: Any) -> NoReturn:
-        """Audit a refused request of a tool process and raise LeaseRefusedError."""
+        """Audit a refused request of a tool process and raise LeaseRefusedError (what the
+        process asked for is scrubbed first: it may hold a secret it was given)."""
+        what, reason = redaction.registry.scrub_text(what), redaction.registry.scrub_text(reason)
         await dbisolation.append_task_audit(
             self._pool,
             task_id=binding.task_id,
@@ -156,7 +158,8 @@ class Leases:
         try:
             parsed = uuid.UUID(lease_id)
         except (ValueError, TypeError, AttributeError):
-            await self.refuse(binding, "redeem", "not a lease id", lease_id=str(lease_id)[:64])
+            shown = redaction.registry.clip(str(lease_id), 64)
+            await self.refuse(binding, "redeem", "not a lease id", lease_id=shown)
         spent = await dbisolation.redeem_lease(
             self._pool,
             lease_id=parsed,

@@ -231,17 +231,19 @@ class IsolationSettings(_Section):
         default=120.0, gt=0, description="wall-clock limit of one tool call; then it is killed"
     )
     egress_ports: tuple[int, ...] = pydantic.Field(
-        default=(443,), description="TCP ports a tool process may connect to (Landlock)"
+        default=(443,),
+        description="TCP ports a tool process may connect to (Landlock); 53 too, for names",
     )
     hidden_paths: tuple[Path, ...] = pydantic.Field(
         default=(),
-        description="more paths a tool process cannot see (the state directory, the key file "
-        "and the Postgres socket directories are always hidden)",
+        description="more paths a tool process cannot see (the config file, the state directory, "
+        "the key file, every path of these settings but the watched folders and /run are always "
+        "hidden)",
     )
     strict: bool = pydantic.Field(
         default=True,
         description="refuse to run a tool when the host cannot apply every confinement layer "
-        "(mount namespace, Landlock); false only for development hosts such as macOS",
+        "(namespaces, Landlock, seccomp); false only for development hosts such as macOS",
     )
     lease_ttl_seconds: float = pydantic.Field(
         default=30.0, gt=0, le=60, description="how long a granted lease may wait to be redeemed"

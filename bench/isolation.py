@@ -4,7 +4,7 @@
 
 Runs the same trivial tool call N times (a) in the control plane (the baseline: a coroutine
 call) and (b) as the daemon runs every tool: `Supervisor.run`, which starts
-`python -I -B -m appliance.isolation.child`, confines it (namespaces, Landlock, rlimits),
+`python -I -B -m appliance.isolation.child`, confines it (namespaces, Landlock, seccomp, rlimits),
 imports the tool's module, serves the call over the socket pair and reaps the process. Prints
 the latency of each (p50, p95), the overhead per call, and the confinement layers applied.
 The last line is one JSON object with every figure.

@@ -12,7 +12,9 @@
     the call    in the tool's own confined process (`isolation.supervisor`), or in the control
                 plane for the appliance's own tools
     result      `tool.result` records the outcome and the (redacted) value; a step resumed
-                after that entry returns the recorded value instead of calling again
+                after that entry returns the recorded value instead of calling again; a
+                failure's text and causes are scrubbed of secrets before the checkpoint, the
+                audit entry, the log or the model see them
 
 The idempotency key is `task-<id>-step-<position>`: the same on every attempt of the step.
 Secrets are scoped to the agent (`agent:<name>` is the workflow of a secret), so one agent's
@@ -99,12 +101,15 @@ class Actions:
         try:
             value = redaction.registry.scrub(await self._execute(step, tool, arguments, services))
         except Exception as exc:
+            # What the model, the checkpoint and the log get: no secret in the text or causes.
+            clean = redaction.registry.scrub_error(exc)
             if tool.writes:
-                message = redaction.registry.scrub_text(f"{type(exc).__name__}: {exc}")
-                await self._audit(
-                    step, "tool.result", tool, ok=False, error=message[:MAX_RECORDED_ERROR]
-                )
-            raise
+                shown = f"{type(exc).__name__}: {clean}"
+                message = redaction.registry.clip(shown, MAX_RECORDED_ERROR)
+                await self._audit(step, "tool.result", tool, ok=False, error=message)
+            if clean is exc:
+                raise
+            raise clean from None
         if tool.writes:
             await self._audit(step, "tool.result", tool, ok=True, value=value)
         return value

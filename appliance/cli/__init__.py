@@ -155,6 +155,7 @@ async def cmd_run(args: argparse.Namespace, config: settings.Settings) -> int:
         demo_folder=demo_folder,
         until_idle=args.until_idle,
         local=args.local,
+        config_file=args.config_path,
     )
     return await daemon.run(config, options)
 

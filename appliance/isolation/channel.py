@@ -15,6 +15,7 @@ from typing import Any
 from appliance import errors
 
 MAX_FRAME = 4 * 1024 * 1024
+MAX_CAUSES = 5  # the causes of a tool's exception an `error` frame carries
 _HEADER = struct.Struct(">I")
 
 

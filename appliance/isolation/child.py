@@ -1,32 +1,35 @@
-"""A tool process: `python -I -B -m appliance.isolation.child FD CONFINEMENT`.
+"""A tool process: `python -I -B -m appliance.isolation.child FD`, its confinement on stdin.
 
 Started by the control plane (`supervisor`) for one tool call, with a clean environment (no
 database DSN, no master key, no other call's secrets) and one end of a socket pair as its only
-link to the control plane. Before any tool code is imported it confines itself
-(`confinement.confine`: its own mount namespace hiding the state directory, the key and the
-Postgres sockets; Landlock; resource limits) and asks the kernel to kill it when its parent
-dies. Then it imports the module of the function it is to run (a tool, or an isolated step of
-a workflow), runs the one call it is given, and sends the result.
+link to the control plane. The confinement comes as JSON on stdin, not on the command line, so
+no process list shows what is hidden. Before any tool code is imported the process asks the
+kernel to kill it when its parent dies and confines itself (`confinement.confine`: namespaces
+that hide the daemon's files and processes, Landlock, seccomp, resource limits); on Linux what
+comes back from that is the first process of the call's own PID namespace. It imports the
+module of the function it is to run (a tool, or an isolated step of a workflow), runs the one
+call it is given, sends the result, and exits, which ends everything the call started.
 Whatever the tool needs from outside goes through `ControlPlane`, which checks every request.
+A tool's exception goes back as its type and text, with those of its causes; its traceback
+goes to stderr, which the control plane logs, scrubbed, like anything else the process prints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import inspect
-import signal
+import os
 import socket
 import sys
+import traceback
 from typing import Any
 
 from appliance import errors
 from appliance.agents import tools
-from appliance.isolation import channel, confinement
+from appliance.isolation import channel, confinement, namespaces
 
-_PR_SET_PDEATHSIG = 1
 _REMOTE_ERRORS: dict[str, type[errors.ApplianceError]] = {
     "NotAllowedError": errors.NotAllowedError,
     "LeaseRefusedError": errors.NotAllowedError,
@@ -69,11 +72,16 @@ class ControlPlane:
         return dict(value) if isinstance(value, dict) else {}
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the control plane dies (kill -9 included)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _causes(exc: BaseException) -> list[dict[str, str]]:
+    """The exceptions `exc` was raised from or while handling, nearest first."""
+    found: list[dict[str, str]] = []
+    seen = {id(exc)}
+    current = exc.__cause__ or exc.__context__
+    while current is not None and id(current) not in seen and len(found) < channel.MAX_CAUSES:
+        seen.add(id(current))
+        found.append({"type": type(current).__name__, "message": str(current)})
+        current = current.__cause__ or current.__context__
+    return found
 
 
 async def _serve(sock: socket.socket, applied: confinement.Applied) -> int:
@@ -96,7 +104,9 @@ async def _serve(sock: socket.socket, applied: confinement.Applied) -> int:
             value = await value
         await channel.send(writer, {"op": "result", "value": value})
     except Exception as exc:  # noqa: BLE001 - the tool's failure is the call's result
-        await channel.send(writer, {"op": "error", "type": type(exc).__name__, "message": str(exc)})
+        traceback.print_exception(exc, file=sys.stderr)
+        error = {"type": type(exc).__name__, "message": str(exc), "causes": _causes(exc)}
+        await channel.send(writer, {"op": "error", **error})
     writer.close()
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
@@ -105,11 +115,16 @@ async def _serve(sock: socket.socket, applied: confinement.Applied) -> int:
 
 def main(argv: list[str]) -> int:
     """Confine, then serve the one call."""
-    _die_with_parent()
+    namespaces.die_with_parent()
     fd = int(argv[1])
-    applied = confinement.confine(confinement.Confinement.from_json(argv[2]))
+    spec = confinement.Confinement.from_json(sys.stdin.read())
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    applied = confinement.confine(spec)
     return asyncio.run(_serve(socket.socket(fileno=fd), applied))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # not waiting for threads the tool left running

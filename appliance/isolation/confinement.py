@@ -3,30 +3,42 @@
 The layers go up in this order (mounts must precede Landlock, which forbids any mount change
 afterwards; the address-space limit comes last so it does not squeeze the set-up):
 
-1. `mount_namespace`: a user and mount namespace of its own (uid and gid mapped to themselves),
-   `/` made private, an empty read-only tmpfs over each hidden directory and `/dev/null` bound
-   over each hidden file (it then reads as empty). Hidden paths that do not exist are ignored.
-2. `no_new_privs`: nothing the process executes gains privileges; Landlock requires it.
-3. One Landlock ruleset. `landlock_fs`: every write-type right of the host's ABI is denied but
+1. `mount_namespace`: a user and mount namespace of its own in which each hidden path is masked
+   (an empty read-only tmpfs over a directory, `/dev/null` over a file) and the scratch
+   directory and the code the process imports are kept even beneath a hidden directory;
+   `/etc/resolv.conf` adds `options use-vc` (`namespaces.enter_mount_namespace`).
+2. `pid_namespace`: a PID namespace of its own, under an init that the kernel takes down with
+   everything in it when the call's first process ends or the supervisor ends the call: no
+   process a call starts outlives it, whatever it forks, setsid()s or ignores.
+3. `private_proc`: a /proc of that namespace, so the call sees no process but its own (not the
+   daemon's command line, not its environment, not another call).
+4. `no_new_privs`: nothing the process executes gains privileges; Landlock and seccomp need it.
+5. One Landlock ruleset. `landlock_fs`: every write-type right of the host's ABI is denied but
    beneath `scratch_dir` (and on `/dev/null`); reading and executing stay allowed, since the
    masks hide the secrets. A Landlocked process can neither change mounts (the masks stay) nor
    ptrace or read the memory of a process outside its domain. `landlock_net` (ABI >= 4): TCP
-   connect only to `egress_ports`, TCP bind nowhere. `landlock_scope` (ABI >= 6): no signal to,
-   and no abstract unix socket of, a process outside the domain (the daemon, its other tools).
-4. `rlimits`: RLIMIT_CORE 0, RLIMIT_NOFILE, RLIMIT_CPU (hard = soft + 1: SIGXCPU, then SIGKILL;
+   connect only to `egress_ports` and to 53 (name resolution over TCP), TCP bind nowhere.
+   `landlock_scope` (ABI >= 6): no signal to, and no abstract unix socket of, a process outside
+   the domain (the daemon, its other tools, the namespace's init).
+6. `seccomp`: no listen, accept or bind, no socket but TCP, unix and netlink, no io_uring, no
+   namespaces of its own, no other system call ABI (`seccomp`).
+7. `rlimits`: RLIMIT_CORE 0, RLIMIT_NOFILE, RLIMIT_CPU (hard = soft + 1: SIGXCPU, then SIGKILL;
    it counts the process's whole life), RLIMIT_AS. A limit above the current hard one is clamped
    to it (lowering is all a limit can do).
 
 With `strict`, a layer the host cannot apply is a `ConfinementError`: before anything is
-applied when the answer is known up front (not Linux, the Landlock ABI), else when the layer
-fails. Without it, the rest is applied and `Applied.skipped` says what was not, and why.
+applied when the answer is known up front (not Linux, the Landlock ABI, the architecture),
+else when the layer fails. Without it, the rest is applied and `Applied.skipped` says what was
+not, and why.
 
-Not covered by any layer: UDP (Landlock has no UDP rules), pathname unix sockets outside the
-hidden paths, and reading what the process's uid may read outside them.
+Not covered by any layer: pathname unix sockets outside the hidden paths, reading what the
+process's uid may read outside them (the names of the hidden paths too: /proc/self/mountinfo
+lists the masks), and where a tool sends what it has over its egress ports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -39,26 +51,23 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance import errors
+from appliance.isolation import namespaces, seccomp
 
 LAYERS = (
     "mount_namespace",
+    "pid_namespace",
+    "private_proc",
     "no_new_privs",
     "landlock_fs",
     "landlock_net",
     "landlock_scope",
+    "seccomp",
     "rlimits",
 )
+_PROBED = ("mount_namespace", "pid_namespace", "private_proc", "seccomp")
+DNS_PORT = 53  # TCP to it is always allowed: the resolver is told to use TCP (`options use-vc`)
 _RELAX = "on a host that cannot do this, set isolation.strict = false to run with what it supports"
 
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWUSER = 0x10000000
-_MS_RDONLY = 1 << 0
-_MS_NOSUID = 1 << 1
-_MS_NODEV = 1 << 2
-_MS_NOEXEC = 1 << 3
-_MS_BIND = 1 << 12
-_MS_REC = 1 << 14
-_MS_PRIVATE = 1 << 18
 _PR_SET_NO_NEW_PRIVS = 38
 
 # include/uapi/linux/landlock.h. The syscalls are create_ruleset, add_rule, restrict_self.
@@ -84,9 +93,6 @@ _NET_ABI = 4
 _SCOPE_ABI = 6
 _WRITABLE_DEVICES = ("/dev/null",)  # subprocess.DEVNULL and `> /dev/null` open it for writing
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 
 class _RulesetAttr(ctypes.Structure):
     _fields_ = (
@@ -107,15 +113,16 @@ class _NetPortAttr(ctypes.Structure):
 
 @dataclasses.dataclass(frozen=True)
 class Confinement:
-    """What a tool process may do; sent by the supervisor as JSON on the child's command line."""
+    """What a tool process may do; sent by the supervisor as JSON on the child's stdin."""
 
     memory_bytes: int  # RLIMIT_AS
     cpu_seconds: int  # RLIMIT_CPU, soft; the hard limit is one second more
     open_files: int  # RLIMIT_NOFILE
-    scratch_dir: str  # the only writable directory
+    scratch_dir: str  # the only writable directory; kept even beneath a hidden one
     hidden_paths: tuple[str, ...]  # masked from the process; missing ones are ignored
-    egress_ports: tuple[int, ...] = (443,)  # TCP connect only to these; no TCP bind at all
+    egress_ports: tuple[int, ...] = (443,)  # TCP connect only to these (and 53); no bind at all
     strict: bool = True  # a layer the host cannot apply is an error, not a skip
+    visible_paths: tuple[str, ...] = ()  # kept (read-only) even beneath a hidden directory
 
     def __post_init__(self) -> None:
         problems = [
@@ -123,11 +130,11 @@ class Confinement:
             for name in ("memory_bytes", "cpu_seconds", "open_files")
             if type(getattr(self, name)) is not int or getattr(self, name) <= 0
         ]
-        paths = (self.scratch_dir, *self.hidden_paths)
+        paths = (self.scratch_dir, *self.hidden_paths, *self.visible_paths)
         if not all(isinstance(path, str) and os.path.isabs(path) for path in paths):
-            problems.append("scratch_dir and hidden_paths must be absolute paths")
-        elif any(_beneath(self.scratch_dir, hidden) for hidden in self.hidden_paths):
-            problems.append("scratch_dir must not lie beneath a hidden path")
+            problems.append("scratch_dir, hidden_paths and visible_paths must be absolute paths")
+        elif any(os.path.realpath(p) == "/" for p in self.hidden_paths):
+            problems.append("hidden_paths cannot hide /")
         if not all(type(port) is int and 0 < port < 65536 for port in self.egress_ports):
             problems.append("egress_ports must be TCP ports (1-65535)")
         if type(self.strict) is not bool:
@@ -165,6 +172,9 @@ def confine(spec: Confinement) -> Applied:
 
     Irreversible. With `spec.strict`, a `ConfinementError` names the layer that cannot be
     applied (raised before anything is applied when the host's answer is known up front).
+    On Linux the caller does not come back from this function: it waits outside the call's
+    PID namespace and exits with the status of the process that does come back (the first
+    process inside, which runs the call).
     """
     abi = landlock_abi()
     unsupported = _unsupported(abi)
@@ -176,36 +186,51 @@ def confine(spec: Confinement) -> Applied:
     layers: list[str] = []
     skipped = list(unsupported)
 
-    def attempt(names: tuple[str, ...], action: Callable[[], object]) -> None:
+    def attempt(names: tuple[str, ...], action: Callable[[], object]) -> bool:
         try:
             action()
         except OSError as exc:
             if spec.strict:
                 raise errors.ConfinementError(_refusal([(n, str(exc)) for n in names])) from exc
             skipped.extend((name, str(exc)) for name in names)
-        else:
-            layers.extend(names)
+            return False
+        layers.extend(names)
+        return True
 
     if _linux():
         _require_one_thread()
-        attempt(("mount_namespace",), lambda: _mount_namespace(spec.hidden_paths))
+        attempt(("mount_namespace",), lambda: _mount_namespace(spec))
+        if attempt(("pid_namespace",), namespaces.enter_pid_namespace):
+            attempt(("private_proc",), namespaces.mount_proc)
+        else:
+            skipped.append(("private_proc", "there is no PID namespace to show"))
         attempt(("no_new_privs",), _no_new_privs)
         landlock = tuple(n for n in LAYERS if n.startswith("landlock_") and n not in missing)
         if landlock:
             attempt(landlock, lambda: _landlock(spec, abi))
+        if "seccomp" not in missing:
+            attempt(("seccomp",), seccomp.install)
     attempt(("rlimits",), lambda: _rlimits(spec))
     return Applied(layers=tuple(layers), skipped=tuple(skipped))
+
+
+def _mount_namespace(spec: Confinement) -> None:
+    kept = (spec.scratch_dir, *spec.visible_paths)
+    namespaces.enter_mount_namespace(spec.hidden_paths, kept, spec.scratch_dir)
 
 
 def capabilities() -> dict[str, bool | int]:
     """What this host supports, per layer, and its Landlock ABI (for `appliance doctor`).
 
-    `mount_namespace` is probed for real, in a forked child that exits at once.
+    The namespaces, the /proc mount and the seccomp filter are tried for real, in a forked
+    child that exits at once.
     """
     abi = landlock_abi()
     missing = dict(_unsupported(abi))
     found: dict[str, bool | int] = {layer: layer not in missing for layer in LAYERS}
-    found["mount_namespace"] = _linux() and _namespaces_work()
+    tried = _probe() if _linux() else {}
+    for layer in _PROBED:  # a layer the probe did not report working does not work
+        found[layer] = bool(found[layer]) and tried.get(layer, False)
     found["landlock_abi"] = abi
     return found
 
@@ -223,10 +248,6 @@ def _linux() -> bool:
     return sys.platform == "linux"
 
 
-def _beneath(path: str, parent: str) -> bool:
-    return os.path.commonpath([path, parent]) == os.path.normpath(parent)
-
-
 def _unsupported(abi: int) -> list[tuple[str, str]]:
     """The layers this host cannot apply, known without trying, with the reason."""
     if not _linux():
@@ -237,14 +258,17 @@ def _unsupported(abi: int) -> list[tuple[str, str]]:
             "Landlock is not available (Linux >= 5.13 with landlock in the lsm= boot list, "
             f"on {'/'.join(_LANDLOCK_SYSCALLS)})"
         )
-        return [(layer, reason) for layer in LAYERS if layer.startswith("landlock_")]
-    missing = []
-    if abi < _NET_ABI:
+        missing = [(layer, reason) for layer in LAYERS if layer.startswith("landlock_")]
+    else:
+        missing = []
+    if 0 < abi < _NET_ABI:
         missing.append(
             ("landlock_net", f"Landlock ABI {abi} has no network rules (needs {_NET_ABI})")
         )
-    if abi < _SCOPE_ABI:
+    if 0 < abi < _SCOPE_ABI:
         missing.append(("landlock_scope", f"Landlock ABI {abi} has no scopes (needs {_SCOPE_ABI})"))
+    if not seccomp.supported():
+        missing.append(("seccomp", f"no seccomp filter for {platform.machine()} on this kernel"))
     return missing
 
 
@@ -263,50 +287,19 @@ def _require_one_thread() -> None:
 
 
 def _check(result: int, what: str) -> int:
-    if result < 0:
-        number = ctypes.get_errno()
-        raise OSError(number, f"{what}: {os.strerror(number)}")
-    return result
+    return namespaces.check(result, what)
 
 
 def _syscall(number: int, *args: int) -> int:
     """A raw syscall; every argument passed as a long (pointers as addresses)."""
-    result: int = _libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
+    result: int = namespaces.libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
     return result
-
-
-def _mount(
-    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
-) -> None:
-    source_, target_, fstype_, data_ = (
-        None if s is None else s.encode() for s in (source, target, fstype, data)
-    )
-    _check(_libc.mount(source_, target_, fstype_, ctypes.c_ulong(flags), data_), f"mount {target}")
 
 
 def _no_new_privs() -> None:
     no = ctypes.c_ulong(0)
-    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), no, no, no), "prctl(NO_NEW_PRIVS)")
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="ascii") as file:
-        file.write(text)
-
-
-def _mount_namespace(hidden_paths: tuple[str, ...]) -> None:
-    uid, gid = os.getuid(), os.getgid()
-    _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare(CLONE_NEWUSER | CLONE_NEWNS)")
-    _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"{uid} {uid} 1")
-    _write("/proc/self/gid_map", f"{gid} {gid} 1")
-    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-    sealed = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    for path in hidden_paths:  # exists/isdir after each mount: a path under a masked one is gone
-        if os.path.isdir(path):
-            _mount("tmpfs", path, "tmpfs", sealed, "mode=0555,size=4k")
-        elif os.path.exists(path):
-            _mount(os.devnull, path, None, _MS_BIND)
+    done = namespaces.libc.prctl(_PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), no, no, no)
+    _check(done, "prctl(NO_NEW_PRIVS)")
 
 
 def _landlock(spec: Confinement, abi: int) -> None:
@@ -331,7 +324,7 @@ def _landlock(spec: Confinement, abi: int) -> None:
         allow_beneath(spec.scratch_dir, handled_fs)
         for device in filter(os.path.exists, _WRITABLE_DEVICES):
             allow_beneath(device, handled_fs & (_FS_WRITE_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV))
-        for port in spec.egress_ports if handled_net else ():
+        for port in sorted({*spec.egress_ports, DNS_PORT}) if handled_net else ():
             net = _NetPortAttr(_NET_CONNECT_TCP, port)
             rule = ctypes.addressof(net)
             _check(_syscall(add_rule, ruleset, _RULE_NET_PORT, rule, 0), f"rule port {port}")
@@ -360,14 +353,51 @@ def _rlimits(spec: Confinement) -> None:
         raise OSError("; ".join(failures))
 
 
-def _namespaces_work() -> bool:
-    """Whether `_mount_namespace` succeeds here, tried in a forked child."""
+def _probe() -> dict[str, bool]:
+    """Which of the layers that need the kernel's consent apply here: tried in a forked child
+    (and its child, the first process of a PID namespace), which report through a pipe."""
+    scratch = tempfile.mkdtemp(prefix="appliance-probe-")
+    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: try, and leave without returning into the caller's code
-        code = 1
         try:
-            _mount_namespace((tempfile.gettempdir(),))
-            code = 0
+            os.close(read)
+            _try_layers(scratch, write)
         finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+            os._exit(0)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as reports:
+            found = [json.loads(line) for line in reports]
+        os.waitpid(pid, 0)
+    finally:
+        os.rmdir(scratch)
+    return {layer: works for report in found for layer, works in report.items()}
+
+
+def _try_layers(scratch: str, report: int) -> None:
+    def tell(**found: bool) -> None:
+        os.write(report, json.dumps(found).encode() + b"\n")
+
+    try:
+        namespaces.enter_mount_namespace((tempfile.gettempdir(),), (scratch,), scratch)
+        _check(namespaces.libc.unshare(namespaces.CLONE_NEWPID), "unshare")
+    except OSError:
+        tell(mount_namespace=False, pid_namespace=False, private_proc=False, seccomp=False)
+        return
+    tell(mount_namespace=True, pid_namespace=True)
+    first = os.fork()  # the first process of the PID namespace
+    if first == 0:
+        try:
+            found = {"private_proc": False, "seccomp": False}
+            with contextlib.suppress(OSError):
+                namespaces.mount_proc()
+                found["private_proc"] = True
+            with contextlib.suppress(OSError, KeyError):
+                _no_new_privs()
+                seccomp.install()
+                found["seccomp"] = True
+            tell(**found)
+        finally:
+            os._exit(0)
+    os.waitpid(first, 0)

@@ -2,19 +2,32 @@
 
 `Supervisor.run` starts `python -I -B -m appliance.isolation.child` with a clean environment
 (PATH, LANG, HOME and TMPDIR pointing at a private scratch directory: no DSN, no key, no
-settings), hands it one end of a socket pair, and serves its requests until it answers. The
-binding of the call (tenant, task, workflow, step, the tool's integrations) is fixed here, never
-taken from the process: every request is checked against it, and every refusal is an audit
-entry (`leases.Leases.refuse`). A process that crashes, breaks the protocol, hits a resource
-limit or runs past `call_timeout_seconds` fails its step (`ToolProcessError`), never the
-daemon; its process group is killed and its scratch directory removed.
+settings), its confinement on stdin, and one end of a socket pair, and serves its requests until
+it answers. The binding of the call (tenant, task, workflow, step, the tool's integrations) is
+fixed here, never taken from the process: every request is checked against it, and every
+refusal is an audit entry (`leases.Leases.refuse`). A process that crashes, breaks the
+protocol, hits a resource limit or runs past `call_timeout_seconds` fails its step
+(`ToolProcessError`), never the daemon. When the call ends, however it ends, everything it
+started ends with it (its PID namespace is taken down) and its scratch directory is removed.
+
+Everything that leaves a tool process is scrubbed of the secrets this daemon has handed out
+(`redaction.registry`) before anything else sees it: the result, the error and its causes,
+the text of a failure, what the process printed (logged at the end, its tail only).
+
+What a tool does not see (`hidden_paths`): the daemon's own files (`private_paths`: the config
+file it really started with, the state directory, the vault key, every path its settings name
+but the watched folders, the database client's credential files), the systemd credentials,
+`/run` (the sockets of the box's services: Postgres, tailscaled, D-Bus, systemd; the session
+keyring), `/dev/shm`, and the scratch directories of the other calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -23,7 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +49,14 @@ from appliance.isolation import channel, confinement
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL = 4000
-# Where Postgres puts its sockets on Debian and most Linux builds; always hidden.
-POSTGRES_SOCKET_DIRS = ("/run/postgresql", "/var/run/postgresql")
+MAX_ERROR = 4000
+STOP_SECONDS = 10.0
+# Hidden from every tool: the sockets of the box's services (Postgres, tailscaled, D-Bus,
+# systemd, the session bus of a keyring), the credentials systemd hands to units, shared memory.
+SYSTEM_PATHS = ("/run", "/var/run", "/run/credentials", "/dev/shm")  # noqa: S108 - hidden
+# The database client's own credential files (libpq), from the environment and the home.
+PG_FILE_VARIABLES = ("PGPASSFILE", "PGSERVICEFILE", "PGSSLKEY", "PGSSLCERT")
+PG_HOME_FILES = (".pgpass", ".pg_service.conf", ".postgresql")
 
 
 class ToolProcessError(errors.ApplianceError):
@@ -82,10 +101,13 @@ class Supervisor:
         self._pool = pool
         self._leases = grants
         self._config = config
-        hidden = [*hidden_paths, *config.hidden_paths, *map(Path, POSTGRES_SOCKET_DIRS)]
+        hidden = [*hidden_paths, *config.hidden_paths, *map(Path, SYSTEM_PATHS), _scratch_root()]
         if os.environ.get("CREDENTIALS_DIRECTORY"):
             hidden.append(Path(os.environ["CREDENTIALS_DIRECTORY"]))
         self._hidden = tuple(dict.fromkeys(str(p.absolute()) for p in hidden))
+        # The code a tool process imports stays visible, even beneath a hidden directory.
+        code = [*sys.path, sys.prefix, sys.base_prefix, str(Path(__file__).parents[2])]
+        self._visible = tuple(dict.fromkeys(str(Path(p).absolute()) for p in code if p))
 
     @property
     def hidden_paths(self) -> tuple[str, ...]:
@@ -101,6 +123,7 @@ class Supervisor:
             hidden_paths=self._hidden,
             egress_ports=tuple(self._config.egress_ports),
             strict=self._config.strict,
+            visible_paths=self._visible,
         )
 
     async def run(
@@ -112,9 +135,11 @@ class Supervisor:
     ) -> Any:
         """Run `target(call, argument)` in its own confined process; its result (scrubbed of
         every secret value this process has handed out), or an error."""
-        scratch = Path(tempfile.mkdtemp(prefix="appliance-tool-"))
+        base = Path(tempfile.mkdtemp(prefix="call-", dir=_scratch_root()))
+        scratch = base / "scratch"
+        scratch.mkdir(mode=0o700)
         ours, theirs = socket.socketpair()
-        output = scratch / "output.log"
+        output = base / "output.log"  # beside the scratch directory, out of the tool's reach
         try:
             with output.open("wb") as sink:
                 process = await asyncio.create_subprocess_exec(
@@ -124,8 +149,7 @@ class Supervisor:
                     "-m",
                     "appliance.isolation.child",
                     str(theirs.fileno()),
-                    self._confinement(scratch).to_json(),
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.PIPE,
                     stdout=sink,
                     stderr=subprocess.STDOUT,
                     env=_clean_environment(scratch),
@@ -134,9 +158,11 @@ class Supervisor:
                     start_new_session=True,
                 )
             theirs.close()
+            call = _Call(process)
             try:
+                await call.confine(self._confinement(scratch))
                 value = await self._serve(
-                    process,
+                    call,
                     ours,
                     binding=binding,
                     target=target,
@@ -144,17 +170,22 @@ class Supervisor:
                     key=idempotency_key,
                 )
                 return redaction.registry.scrub(value)
+            except errors.ApplianceError as exc:
+                clean = redaction.registry.scrub_error(exc)
+                if clean is exc:
+                    raise
+                raise clean from None
             finally:
-                await _stop(process)
+                await call.stop()
                 _log_output(output, binding)
         finally:
             theirs.close()
             ours.close()
-            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(base, ignore_errors=True)
 
     async def _serve(
         self,
-        process: asyncio.subprocess.Process,
+        call: _Call,
         sock: socket.socket,
         *,
         binding: leases.Binding,
@@ -167,7 +198,9 @@ class Supervisor:
             async with asyncio.timeout(limit):
                 reader, writer = await asyncio.open_unix_connection(sock=sock)
                 try:
-                    return await self._converse(reader, writer, binding, target, argument, key)
+                    return await self._converse(
+                        call, reader, writer, binding, target, argument, key
+                    )
                 finally:
                     writer.close()
         except TimeoutError:
@@ -178,14 +211,15 @@ class Supervisor:
         except channel.ChannelError as exc:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
-                    await process.wait()
+                    await call.process.wait()
             raise ToolProcessError(
                 f"{binding.tool!r} of task {binding.task_id}: its process "
-                f"{_describe_exit(process.returncode)} ({exc})"
+                f"{_describe_exit(call.process.returncode)} ({exc})"
             ) from exc
 
     async def _converse(  # noqa: PLR0917 - one call's whole context
         self,
+        call: _Call,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         binding: leases.Binding,
@@ -196,6 +230,7 @@ class Supervisor:
         ready = await channel.receive(reader)
         if ready["op"] != "ready":
             raise channel.ChannelError(f"expected 'ready', got {ready['op']!r}")
+        call.layers = tuple(str(layer) for layer in ready.get("layers") or ())
         await channel.send(
             writer,
             {
@@ -214,9 +249,7 @@ class Supervisor:
             if message["op"] == "result":
                 return message.get("value")
             if message["op"] == "error":
-                raise ToolFailedError(
-                    f"{message.get('type', 'Error')}: {message.get('message', '')}"
-                )
+                raise _failure(message)
             await channel.send(writer, await self._answer(binding, message))
 
     async def _answer(self, binding: leases.Binding, message: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +270,9 @@ class Supervisor:
             if op == "task":
                 return {"op": "value", "value": await self._task(binding, message.get("task_id"))}
             await self._leases.refuse(
-                binding, str(op)[:40], "not a request a tool process may make"
+                binding,
+                redaction.registry.clip(str(op), 40),
+                "not a request a tool process may make",
             )
         except (errors.NotAllowedError, errors.NotFoundError, errors.InputError) as exc:
             return {"op": "error", "type": type(exc).__name__, "message": str(exc)}
@@ -272,12 +307,53 @@ def _clean_environment(scratch: Path) -> dict[str, str]:
     }
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    """Kill the process group if it still runs, and reap it."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-    await process.wait()
+class _Call:
+    """One tool process: the confinement handed to it, the layers it applied, its end."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.layers: tuple[str, ...] = ()
+
+    async def confine(self, spec: confinement.Confinement) -> None:
+        """Write the confinement to the process's stdin (a process that died already fails
+        its call when the channel closes)."""
+        stream = self.process.stdin
+        if stream is None:
+            return
+        with contextlib.suppress(ConnectionError):
+            stream.write(spec.to_json().encode())
+            await stream.drain()
+            stream.close()
+            await stream.wait_closed()
+
+    async def stop(self) -> None:
+        """End the call and everything it started, and reap it.
+
+        In its own PID namespace, SIGTERM to the waiter outside it takes the namespace down
+        (every process in it killed and reaped) before the waiter exits; otherwise the process
+        group is killed. A waiter that does not answer is killed with its group (the init of
+        the namespace follows it: PR_SET_PDEATHSIG).
+        """
+        if self.process.returncode is None and "pid_namespace" in self.layers:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_SECONDS):
+                    await self.process.wait()
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        await self.process.wait()
+
+
+def _failure(message: dict[str, Any]) -> ToolFailedError:
+    """The tool's exception and its causes, as the process reported them, scrubbed."""
+    text = f"{message.get('type', 'Error')}: {message.get('message', '')}"
+    causes = message.get("causes")
+    for cause in causes[: channel.MAX_CAUSES] if isinstance(causes, list) else ():
+        if isinstance(cause, dict):
+            text += f" (caused by {cause.get('type', 'Error')}: {cause.get('message', '')})"
+    return ToolFailedError(redaction.registry.clip(text, MAX_ERROR))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -295,14 +371,57 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _log_output(path: Path, binding: leases.Binding) -> None:
-    """What the tool process printed, scrubbed, into the daemon's log."""
-    with contextlib.suppress(OSError):
-        text = path.read_bytes()[-OUTPUT_TAIL:].decode("utf-8", "replace").strip()
+    """The tail of what the tool process printed, scrubbed, into the daemon's log."""
+    reach = OUTPUT_TAIL + redaction.registry.longest  # a value cut by the tail's start is dropped
+    with contextlib.suppress(OSError), path.open("rb") as printed:
+        printed.seek(max(0, printed.seek(0, os.SEEK_END) - 4 * reach))
+        raw = printed.read().decode("utf-8", "replace")
+        text = redaction.registry.scrub_tail(raw[-reach:], OUTPUT_TAIL).strip()
         if text:
             log.info(
                 "tool %s of task %d printed: %s",
                 binding.tool,
                 binding.task_id,
-                redaction.registry.scrub_text(text),
+                text,
                 extra={"event": "isolation.tool_output", "task_id": binding.task_id},
             )
+
+
+@functools.cache
+def _scratch_root() -> Path:
+    """This process's directory of call directories (hidden from every call: a call sees its
+    own scratch directory only), removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix="appliance-tools-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+def private_paths(
+    config: settings.Settings, config_file: Path | None, environ: Mapping[str, str]
+) -> tuple[Path, ...]:
+    """What of the daemon's own a tool must not see, whatever the flags it started with: the
+    config file it really read (`config_file`), the one `$APPLIANCE_CONFIG` or the default
+    names, the state directory, the vault key, every path its settings name but the watched
+    folders, and the database client's credential files."""
+    found = [
+        config.state_dir,
+        config.vault.key_file or config.state_dir / "vault.key",
+        settings.config_path(None, environ)[0],
+        *([config_file] if config_file is not None else []),
+        *_paths_in(config.model_dump(exclude={"watches"})),
+        *(Path(environ[name]) for name in PG_FILE_VARIABLES if environ.get(name)),
+    ]
+    home = environ.get("HOME")
+    if home and Path(home).is_absolute():
+        found.extend(Path(home) / name for name in PG_HOME_FILES)
+    return tuple(dict.fromkeys(path.absolute() for path in found))
+
+
+def _paths_in(value: Any) -> list[Path]:
+    if isinstance(value, Path):
+        return [value]
+    if isinstance(value, Mapping):
+        return [path for item in value.values() for path in _paths_in(item)]
+    if isinstance(value, list | tuple):
+        return [path for item in value for path in _paths_in(item)]
+    return []

@@ -10,6 +10,7 @@ outside world on a port the egress rule lets through.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from appliance import approvals, models, settings, vault
+from appliance import approvals, models, observability, settings, vault
 from appliance.agents import client, definitions, loop
 from appliance.db import audit as dbaudit
 from appliance.db import policies as dbpolicies
@@ -28,7 +29,7 @@ from appliance.db import tasks as dbtasks
 from appliance.engine import registry
 from tests.support import engine as support
 from tests.support import isolation, messages_api, outside, workflows
-from tests.support import tools as support_tools  # noqa: F401 - registers the test tools
+from tests.support import tools as support_tools
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -42,8 +43,11 @@ ALL_TOOLS = (
     "attack",
     "expired_lease",
     "runaway",
+    "spill",
     workflows.GATE_TOOL,
 )
+LABEL = "[redacted:default/payments/api-key]"
+FRAGMENT = 20  # any run of this many characters of a secret's form counts as a leak
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -283,6 +287,38 @@ class TestAttacksFromInsideTheToolProcess:
         assert sorted(refusals) == ["lease", "lease", "lease", "redeem", "redeem", "sql", "task"]
 
 
+async def everything_written(harness: Harness, caplog: pytest.LogCaptureFixture) -> str:
+    """Every row of every table, every log record (message, traceback, and as the daemon's
+    JSON formatter writes it), every request the Messages API stand-in got."""
+    texts = []
+    async with harness.db.acquire() as conn:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'appliance' AND table_type = 'BASE TABLE'"
+        )
+        for row in tables:
+            dumped = await conn.fetchval(
+                f"SELECT coalesce(string_agg(t::text, ''), '') "  # noqa: S608 - catalog names
+                f"FROM appliance.{row['table_name']} t"
+            )
+            texts.append(dumped)
+    plain, structured = logging.Formatter(), observability.JsonFormatter()
+    for record in caplog.records:
+        texts += [record.getMessage(), plain.format(record), structured.format(record)]
+    texts += [json.dumps(request.body) for request in harness.api.requests]
+    return "\n".join(texts)
+
+
+def leaks(secret: str, written: str) -> list[str]:
+    """The forms of `secret` (`support_tools.encoded_forms`) of which some part was written."""
+    found = []
+    for name, form in support_tools.encoded_forms(secret).items():
+        pieces = {form[i : i + FRAGMENT] for i in range(max(1, len(form) - FRAGMENT + 1))}
+        if any(piece in written for piece in pieces):
+            found.append(name)
+    return found
+
+
 class TestRedaction:
     async def test_the_canary_secret_appears_nowhere_the_system_wrote(
         self, harness: Harness, caplog: pytest.LogCaptureFixture
@@ -295,23 +331,44 @@ class TestRedaction:
 
         result = await harness.call("leak", {})
 
-        assert "[redacted:default/payments/api-key]" in result["content"]
-        async with harness.db.acquire() as conn:
-            tables = await conn.fetch(
-                "SELECT table_name FROM information_schema.tables "
-                "WHERE table_schema = 'appliance' AND table_type = 'BASE TABLE'"
-            )
-            for row in tables:
-                text = await conn.fetchval(
-                    f"SELECT coalesce(string_agg(t::text, ''), '') "  # noqa: S608 - catalog names
-                    f"FROM appliance.{row['table_name']} t"
-                )
-                assert canary not in text, row["table_name"]
-        for request in harness.api.requests:
-            assert canary not in json.dumps(request.body)
-        logged = "\n".join(r.getMessage() for r in caplog.records)
-        assert "printed: the key is [redacted:default/payments/api-key]" in logged
-        assert canary not in logged
+        assert LABEL in result["content"]
+        written = await everything_written(harness, caplog)
+        assert canary not in written
+        assert f"printed: the key is {LABEL}" in written
+
+    @pytest.mark.parametrize(
+        ("how", "shown"),
+        [
+            ("raise", "ValueError: the service refused [redacted:"),
+            ("cause", "RuntimeError: the request failed (caused by KeyError: '[redacted:"),
+            ("context", "(caused by PermissionError: [Errno 13] denied: '[redacted:"),
+            ("type", f"ToolFailedError: {LABEL}: typed"),
+            ("result", f'"value": "{LABEL} '),
+            ("stdout", '"done"'),
+            ("stderr", '"done"'),
+            ("tail", '"done"'),
+            ("exit", "exited with status 1"),
+            ("crash", "exited with status 3"),
+            ("request", "NotAllowedError: [redacted:"),
+            ("lease", "NotAllowedError: lease refused: no secret '[redacted:"),
+        ],
+    )
+    async def test_no_way_out_of_a_tool_carries_the_secret_in_any_encoding(
+        self, harness: Harness, caplog: pytest.LogCaptureFixture, how: str, shown: str
+    ) -> None:
+        """Raised (with causes, as the class name), returned, printed, cut by the log's tail,
+        in an exit or a crash, in a request or as the name of a lease: plain, base64(url)
+        with or without padding, hex either case, inside Basic auth, percent-encoded; no
+        piece of it is written anywhere, and the model is told what happened with the label
+        in its place."""
+        canary = "canary-" + secrets.token_hex(16)
+        await put_secret(harness.db, harness.vault, "api-key", canary.encode())
+        caplog.set_level("DEBUG")
+
+        result = await harness.call("spill", {"how": how})
+
+        assert shown in result["content"], result
+        assert leaks(canary, await everything_written(harness, caplog)) == []
 
 
 class TestAuditBeforeWrite:

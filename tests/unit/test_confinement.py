@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from appliance import errors
-from appliance.isolation import confinement
+from appliance.isolation import confinement, namespaces, seccomp
 
 SetLimit = tuple[int, tuple[int, int]]
 
@@ -38,10 +38,15 @@ class _Untouchable:
         raise AssertionError(f"libc.{name} called: confine went on to apply a layer")
 
 
+def _refuse_install() -> None:
+    raise AssertionError("seccomp.install called: confine went on to apply a layer")
+
+
 @pytest.fixture
 def untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to apply a layer to the test process fails the test instead."""
-    monkeypatch.setattr(confinement, "_libc", _Untouchable())
+    monkeypatch.setattr(namespaces, "libc", _Untouchable())
+    monkeypatch.setattr(seccomp, "install", _refuse_install)
 
     def refuse(which: int, limits: tuple[int, int]) -> None:
         raise AssertionError(f"setrlimit({which}, {limits}) called")
@@ -52,7 +57,7 @@ def untouched(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def on_macos(monkeypatch: pytest.MonkeyPatch) -> list[SetLimit]:
     """A simulated non-Linux host whose setrlimit calls are recorded, not made."""
-    monkeypatch.setattr(confinement, "_libc", _Untouchable())
+    monkeypatch.setattr(namespaces, "libc", _Untouchable())
     monkeypatch.setattr(sys, "platform", "darwin")
     calls: list[SetLimit] = []
     monkeypatch.setattr(resource, "setrlimit", lambda which, limits: calls.append((which, limits)))
@@ -91,10 +96,20 @@ class TestSpec:
         with pytest.raises(errors.ConfinementError, match="absolute paths"):
             spec_for(tmp_path, hidden_paths=("state",))
 
-    def test_scratch_beneath_a_hidden_path_is_refused(self, tmp_path: Path) -> None:
-        """scratch_dir inside a hidden directory would be masked: refused up front."""
-        with pytest.raises(errors.ConfinementError, match="beneath a hidden path"):
-            spec_for(tmp_path, hidden_paths=(str(tmp_path.parent),))
+    def test_hiding_the_root_is_refused(self, tmp_path: Path) -> None:
+        """Hiding / would hide the interpreter itself: refused up front."""
+        with pytest.raises(errors.ConfinementError, match="cannot hide /"):
+            spec_for(tmp_path, hidden_paths=("/",))
+
+    def test_scratch_beneath_a_hidden_path_is_accepted(self, tmp_path: Path) -> None:
+        """scratch_dir inside a hidden directory is kept visible there, not refused."""
+        spec = spec_for(tmp_path, hidden_paths=(str(tmp_path.parent),))
+        assert spec.hidden_paths == (str(tmp_path.parent),)
+
+    def test_a_relative_visible_path_is_refused(self, tmp_path: Path) -> None:
+        """visible_paths must be absolute, like the hidden ones."""
+        with pytest.raises(errors.ConfinementError, match="absolute paths"):
+            spec_for(tmp_path, visible_paths=("code",))
 
     def test_port_out_of_range_is_refused(self, tmp_path: Path) -> None:
         """Port 0 is not a TCP port one can connect to."""
@@ -166,3 +181,31 @@ class TestNotStrict:
         monkeypatch.setattr(resource, "getrlimit", lambda which: (32, 32))
         confinement.confine(spec_for(tmp_path, strict=False, open_files=64))
         assert (resource.RLIMIT_NOFILE, (32, 32)) in on_macos
+
+
+class TestSeccompProgram:
+    @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+    def test_the_filter_checks_the_abi_before_anything_else(self, machine: str) -> None:
+        """The first instructions load the ABI and kill a process calling through another."""
+        program = seccomp.program(machine)
+        load, compare, kill = program[:3]
+        assert load == (0x20, 0, 0, 4)  # seccomp_data.arch
+        assert compare[:3] == (0x15, 1, 0)
+        assert kill == (0x06, 0, 0, 0x80000000)  # SECCOMP_RET_KILL_PROCESS
+
+    def test_x32_calls_are_killed_on_x86_64(self) -> None:
+        """On x86_64 a call number with the x32 bit jumps to the kill instruction."""
+        program = seccomp.program("x86_64")
+        [x32] = [(i, op) for i, op in enumerate(program) if op[0] == 0x35]
+        index, (_, jump, _, value) = x32
+        assert value == 0x40000000
+        assert program[index + 1 + jump] == (0x06, 0, 0, 0x80000000)
+
+    @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+    def test_every_jump_lands_inside_the_program(self, machine: str) -> None:
+        """The labels resolve to instructions of the program, the last one a return."""
+        program = seccomp.program(machine)
+        for index, (code, true, false, _) in enumerate(program):
+            if code != 0x06:  # a return has no jumps
+                assert index + 1 + max(true, false) < len(program)
+        assert program[-1][0] == 0x06

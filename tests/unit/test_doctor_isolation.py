@@ -40,3 +40,19 @@ class TestIsolationCheck:
         check = doctor._isolation(config)
 
         assert (check.ok, check.failed, check.severity) == (False, False, "warn")
+
+    @pytest.mark.parametrize("layer", ["pid_namespace", "private_proc", "seccomp"])
+    def test_the_process_and_system_call_layers_are_required_too(
+        self, monkeypatch: pytest.MonkeyPatch, layer: str
+    ) -> None:
+        """A host that cannot give a call its own PID namespace, its own /proc or a seccomp
+        filter fails the check under strict isolation, naming the layer."""
+        found: dict[str, bool | int] = dict.fromkeys(confinement.LAYERS, True)
+        found.update({layer: False, "landlock_abi": 7})
+        monkeypatch.setattr(confinement, "capabilities", lambda: found)
+
+        check = doctor._isolation(settings.Settings())
+
+        assert check.failed
+        assert f"missing: {layer}" in check.detail
+        assert "ProtectKernelTunables=" in check.fix
