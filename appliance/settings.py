@@ -88,7 +88,7 @@ class EngineSettings(_Section):
     )
     max_attempts: int = pydantic.Field(default=3, ge=1, description="default attempts per task")
     max_crashes: int = pydantic.Field(
-        default=20,
+        default=50,
         ge=1,
         description="a task whose worker is lost this many times while running it fails "
         "(attempts lost to a crash are not charged against max_attempts)",

@@ -20,7 +20,7 @@
 
 ALTER TABLE appliance.tasks
     ADD COLUMN crashes integer NOT NULL DEFAULT 0 CHECK (crashes >= 0),
-    ADD COLUMN max_crashes integer NOT NULL DEFAULT 20 CHECK (max_crashes >= 1);
+    ADD COLUMN max_crashes integer NOT NULL DEFAULT 50 CHECK (max_crashes >= 1);
 
 CREATE TABLE appliance.nodes (
     node         text PRIMARY KEY,

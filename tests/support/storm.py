@@ -2,10 +2,10 @@
 they are killed with SIGKILL and started again under the same node name.
 
 Every task is submitted with max_attempts=1, so a single attempt charged for a crash would fail
-it. At a steady pace the storm kills one daemon that holds running tasks (its worker runs,
-whether or not it has said it is ready) and starts its successor; it stops when the queue is
-done, `max_kills` daemons were killed or `storm_seconds` have passed, and the daemons left
-finish the queue. `tests/acceptance/test_kill_storm.py` and `bench/storm.py` run it.
+it. At a steady pace the storm kills one daemon whose worker runs tasks (whether or not it has
+said it is ready) and starts its successor; it stops when the queue is done, `max_kills`
+daemons were killed or `storm_seconds` have passed, and the daemons left finish the queue.
+`tests/acceptance/test_kill_storm.py` and `bench/storm.py` run it.
 """
 
 from __future__ import annotations
@@ -158,13 +158,17 @@ async def _left(pool: dbpool.Pool) -> int:
 
 
 async def _victim(pool: dbpool.Pool, nodes: list[_Slot]) -> _Slot | None:
-    """A daemon that runs tasks (ready or not yet), the one started least often first."""
-    rows = await pool.fetch(
-        "SELECT lease_node, count(*) AS n FROM appliance.tasks WHERE state = 'running'"
-        " GROUP BY lease_node"
+    """A daemon whose own worker runs tasks now (ready or not yet; not the tasks its killed
+    predecessor left), the one started least often first."""
+    owners = await pool.fetch(
+        "SELECT DISTINCT lease_owner FROM appliance.tasks WHERE state = 'running'"
     )
-    busy = {row["lease_node"] for row in rows if row["n"] > 0}
-    ready = [slot for slot in nodes if slot.daemon is not None and slot.node in busy]
+    working = {str(row["lease_owner"]).rsplit(":", 2)[-2] for row in owners}  # node:pid:tag
+    ready = [
+        slot
+        for slot in nodes
+        if slot.daemon is not None and str(slot.daemon.process.pid) in working
+    ]
     return min(ready, key=lambda slot: slot.generation, default=None)
 
 
