@@ -13,17 +13,19 @@ from tests.support import storm
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 TASKS = 300
-MIN_KILLS = 10
+STORM_SECONDS = 75.0
+MIN_KILLS = 5  # a daemon takes ~10 s to start on a box at load 20; ~1 s when idle
+MIN_LOST = 10
 
 
 class TestKillStorm:
     async def test_no_task_fails_however_often_its_worker_is_killed(
         self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
     ) -> None:
-        """300 tasks of one attempt each, three daemons killed one after another: all succeed."""
-        result = await storm.run(database_dsn, tmp_path, tasks=TASKS, storm_seconds=60.0)
+        """300 tasks of one attempt each, four daemons killed one after another: all succeed."""
+        result = await storm.run(database_dsn, tmp_path, tasks=TASKS, storm_seconds=STORM_SECONDS)
 
         assert result.failures == []
         assert result.states == {"succeeded": TASKS}
         assert result.kills >= MIN_KILLS, result.figures()
-        assert sum(result.lost_attempts.values()) >= MIN_KILLS, result.figures()
+        assert sum(result.lost_attempts.values()) >= MIN_LOST, result.figures()
