@@ -426,7 +426,8 @@ class Worker:
         claim: bool = True,
         failed: bool = False,
     ) -> models.ClaimedTask | None:
-        take = 1 if claim and not self._draining and self.health.ok else 0
+        holding = self._node is None or self._node.held
+        take = 1 if claim and not self._draining and self.health.ok and holding else 0
         self._running.pop(task.task_id, None)  # ending: no longer the heartbeat's to renew
         try:
             claimed = await dbtasks.finish_task(
