@@ -25,6 +25,10 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # A connection caught mid-operation by the server's shutdown ("cannot switch to state 11;
+    # another operation is in progress"): not a bug of ours, and it escaped every handler, so
+    # the daemon's db watch died and never reported the outage.
+    asyncpg.exceptions.InternalClientError,
     TimeoutError,
 )
 
