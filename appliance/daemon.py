@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from appliance.agents import client as agent_client
 from appliance.db import connection, migrations
 from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
-from appliance.engine import registry, submission, worker
+from appliance.engine import nodes, registry, submission, worker
 from appliance.ingress import credentials, guard, public, watch, webhooks
 from appliance.ingress import intake as ingress_intake
 from appliance.isolation import steps, supervisor
@@ -80,18 +81,34 @@ async def _run(config: settings.Settings, options: Options) -> int:
             await _prepare_schema(db, options, readiness)
             # The signing secrets in the vault, before any work starts: a missing one is exit 78.
             verifiers = await credentials.read_verifiers(db.pool, config)
-            return await _serve(
-                config=config,
-                options=options,
-                db=db,
-                readiness=readiness,
-                stop=stop,
-                console=console,
-                verifiers=verifiers,
-            )
+            async with _node_name(config, db) as node:
+                return await _serve(
+                    config=config,
+                    options=options,
+                    db=db,
+                    readiness=readiness,
+                    stop=stop,
+                    console=console,
+                    verifiers=verifiers,
+                    node=node,
+                )
     finally:
         if console is not None:
             await console.close()
+
+
+@contextlib.asynccontextmanager
+async def _node_name(
+    config: settings.Settings, db: connection.Database
+) -> AsyncIterator[nodes.NodeHold | None]:
+    """The node name, held while the worker runs; exit 78 naming the live process holding it."""
+    if config.mode == "ingress":  # no worker: nothing to take back, no name to hold
+        yield None
+        return
+    async with nodes.held(
+        db.dsn, config.engine.node_name, lease_seconds=config.engine.lease_seconds
+    ) as hold:
+        yield hold
 
 
 async def _until_bound(console: listeners.Console | None, stop: asyncio.Event) -> None:
@@ -141,7 +158,7 @@ async def _prepare_schema(
     readiness.database_reason = ""
 
 
-async def _serve(  # noqa: PLR0915 - the composition root, until its parts become contexts
+async def _serve(
     *,
     config: settings.Settings,
     options: Options,
@@ -150,6 +167,7 @@ async def _serve(  # noqa: PLR0915 - the composition root, until its parts becom
     stop: asyncio.Event,
     console: listeners.Console | None,
     verifiers: credentials.Verifiers,
+    node: nodes.NodeHold | None,
 ) -> int:
     # The vault before any work starts: a wrong master key is exit 78, not a half-started daemon.
     isolation = await _isolation(config, db, options) if config.mode != "ingress" else None
@@ -162,7 +180,7 @@ async def _serve(  # noqa: PLR0915 - the composition root, until its parts becom
     work: worker.Worker | None = None
     relay: outbox.Relay | None = None
     if isolation is not None:
-        work = _worker(config, db, model, engine_health, isolation)
+        work = _worker(config, db, model, engine_health, isolation, node=node)
         relay = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
         background.append(asyncio.create_task(work.run(), name="engine.worker"))
         background.append(asyncio.create_task(relay.run(), name="outbox.relay"))
@@ -194,12 +212,7 @@ async def _serve(  # noqa: PLR0915 - the composition root, until its parts becom
         background.append(asyncio.create_task(_report_demo(db, demo_task, stop)))
     if options.until_idle:
         background.append(asyncio.create_task(_stop_when_idle(db, stop)))
-    stopping = asyncio.create_task(stop.wait())
-    ends: list[asyncio.Future[Any]] = [stopping]
-    if console is not None:
-        ends.append(console.failed)
-    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
+    await _until_stopped(stop, console, node)
     systemd.stopping()
     log.info("stopping", extra={"event": "daemon.stopping"})
     readiness.draining = True
@@ -216,9 +229,31 @@ async def _serve(  # noqa: PLR0915 - the composition root, until its parts becom
     if model is not None:
         await model.close()
     log.info("stopped", extra={"event": "daemon.stopped"})
-    if console is not None and console.failed.done():
-        console.failed.result()  # the gate's ExposureError: exit 78
+    _raise_why_stopped(console, node)
     return 0
+
+
+async def _until_stopped(
+    stop: asyncio.Event, console: listeners.Console | None, node: nodes.NodeHold | None
+) -> None:
+    """Until a signal, the exposure gate failing, or another process taking the node name."""
+    waits = [asyncio.create_task(stop.wait())]
+    if node is not None:
+        waits.append(asyncio.create_task(node.lost.wait()))
+    ends: list[asyncio.Future[Any]] = [*waits]
+    if console is not None:
+        ends.append(console.failed)
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+
+
+def _raise_why_stopped(console: listeners.Console | None, node: nodes.NodeHold | None) -> None:
+    """Exit 78 after the drain when the daemon stopped for the gate or its node name."""
+    if console is not None and console.failed.done():
+        console.failed.result()  # the gate's ExposureError
+    if node is not None and node.loss is not None:
+        raise node.loss
 
 
 async def _isolation(
@@ -243,6 +278,8 @@ def _worker(
     model: agent_client.ModelClient | None,
     engine_health: worker.Health,
     isolation: supervisor.Supervisor,
+    *,
+    node: nodes.NodeHold | None,
 ) -> worker.Worker:
     """The engine's worker; agent tasks only where a model key is configured."""
     services: dict[str, Any] = {steps.SERVICE: isolation}
@@ -257,7 +294,13 @@ def _worker(
             extra={"event": "agents.disabled"},
         )
     return worker.Worker(
-        db.pool, db.dsn, config.engine, workflows, health=engine_health, services=services
+        db.pool,
+        db.dsn,
+        config.engine,
+        workflows,
+        health=engine_health,
+        services=services,
+        node=node,
     )
 
 
@@ -398,7 +441,9 @@ async def _watch_secret_rotation(config: settings.Settings, db: connection.Datab
     while True:
         try:
             await vault.announce_overdue_secrets(db.pool)
-        except errors.ApplianceError as exc:  # Postgres away: the next round catches up
+        except errors.DatabaseUnavailableError:
+            pass  # the outage is logged once, by the db watch; the next round catches up
+        except errors.ApplianceError as exc:
             log.warning(
                 "overdue secrets not checked: %s", exc, extra={"event": "vault.overdue_unchecked"}
             )

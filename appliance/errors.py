@@ -1,20 +1,27 @@
 """The error tree of the appliance.
 
 Each class's docstring is its default message; each carries the CLI exit code (STYLE.md) and
-the HTTP status the web layer answers with. Subclasses that carry data of their module (the
+the HTTP status the web layer answers with, and whether it is `permanent`: raised by a workflow,
+a permanent error fails its task at once (another attempt cannot fix it), where any other
+error is retried up to the task's max_attempts. Subclasses that carry data of their module (the
 command a CLI ran, the sockets that failed the gate) live in that module, marked below.
 
     ApplianceError                      70  500  a bug
     ├── UsageError                       2  400  the command line is wrong
     ├── ConfigError                     78  500  the config file or an override is invalid
     │   ├── mesh.exposure.ExposureError 78       a socket is reachable from outside the tailnet
+    │   ├── engine.nodes.NodeNameHeldError 78    another live process holds this node name
     │   ├── MissingSecretError          78       the config names a vault secret that is not set
     │   ├── ConfinementError            78       a tool process cannot be confined on this host
     │   └── vault.InsecureKeyStoreError, MasterKeyMissingError, KeyMismatchError,
     │       VaultNotInitialisedError    78       the master key cannot be trusted or found
-    ├── InputError                      65  400  bad input data
+    ├── InputError                      65  400  bad input data (permanent)
     │   ├── UnknownWorkflowError        65  404
     │   ├── UnknownTenantError          65  404
+    │   ├── UnknownAgentError           65  404
+    │   ├── UnknownToolError            65  404
+    │   ├── MissingInputError           65  400  also a KeyError: a key the task input lacks
+    │   ├── ReadOnlyInputError          65  400  also a TypeError: a workflow changed its input
     │   ├── IdempotencyConflictError    65  409
     │   ├── backup.BackupIntegrityError 65       a backup file is damaged or not a backup
     │   └── ingress.signatures.MalformedDeliveryError 65 400
@@ -38,11 +45,13 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │   ├── RunAsRootError              77  403
     │   ├── leases.LeaseRefusedError    77  403  a lease spent, expired, or outside its call's scope
     │   ├── DeniedError                 77  403  a step was denied and the policy fails the task
+    │   │                                        (permanent)
     │   └── TenantIsolationError        77  403  a row of another tenant, in a tenant's context
+    │                                            (permanent)
     ├── SchemaError                     78  500  migrations drifted or are missing
     ├── AuditChainError                  1  500  the audit chain does not verify
     └── EngineError                     70  500
-        ├── NonDeterminismError         70  500
+        ├── NonDeterminismError         70  500  (permanent)
         ├── LeaseLostError              75  409
         ├── ChainContentionError        75  409
         ├── StepFailedError             70  500
@@ -59,6 +68,7 @@ class ApplianceError(Exception):
 
     exit_code: int = 70
     http_status: int = 500
+    permanent: bool = False
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or type(self).__name__).strip())
@@ -94,6 +104,7 @@ class InputError(ApplianceError):
 
     exit_code = 65
     http_status = 400
+    permanent = True
 
 
 class UnknownWorkflowError(InputError):
@@ -106,6 +117,32 @@ class UnknownTenantError(InputError):
     """No tenant exists with that id."""
 
     http_status = 404
+
+
+class UnknownAgentError(InputError):
+    """No agent is defined under that name."""
+
+    http_status = 404
+
+
+class UnknownToolError(InputError):
+    """No tool is registered under that name."""
+
+    http_status = 404
+
+
+class MissingInputError(InputError, KeyError):
+    """The task input lacks a key the workflow needs.
+
+    Also a KeyError, so a workflow's `except KeyError` around `task_input[key]` still works.
+    """
+
+    def __str__(self) -> str:
+        return self.message  # not KeyError's repr of it
+
+
+class ReadOnlyInputError(InputError, TypeError):
+    """A workflow tried to change its task input, which is the same on every attempt."""
 
 
 class IdempotencyConflictError(InputError):
@@ -164,9 +201,13 @@ class RunAsRootError(NotAllowedError):
 class DeniedError(NotAllowedError):
     """A step was denied (by people or a timeout) and the policy says the task fails."""
 
+    permanent = True
+
 
 class TenantIsolationError(NotAllowedError):
     """The row belongs to another tenant than the transaction's (row-level security)."""
+
+    permanent = True
 
 
 class SchemaError(ApplianceError):
@@ -187,6 +228,8 @@ class EngineError(ApplianceError):
 
 class NonDeterminismError(EngineError):
     """A workflow replayed a different step than the one checkpointed at that position."""
+
+    permanent = True
 
 
 class LeaseLostError(EngineError):

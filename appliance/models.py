@@ -62,6 +62,8 @@ class Task:
     run_after: dt.datetime
     attempts: int
     max_attempts: int
+    crashes: int  # attempts lost with their worker (not charged against max_attempts)
+    max_crashes: int  # the crash that fails the task (a task that ends its worker every time)
     idempotency_key: str | None
     concurrency_key: str
     lease_node: str | None
@@ -160,3 +162,17 @@ class AgentVersion:
     content_hash: str
     created_by: str
     created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Node:
+    """Who holds (or last held) a node name: the process, and when it was last heard from."""
+
+    node: str
+    pid: int
+    host: str
+    backend_pid: int  # the Postgres session that holds the name's lock
+    started_at: dt.datetime
+    heartbeat_at: dt.datetime
+    stopped_at: dt.datetime | None
+    silent_seconds: float

@@ -74,7 +74,8 @@ class DatabaseSettings(_Section):
 class EngineSettings(_Section):
     node_name: str = pydantic.Field(
         default_factory=socket.gethostname,
-        description="this node's name; a restarted node takes back its own tasks at once",
+        description="this node's name, held by one live process at a time (a second one "
+        "under it refuses to start, exit 78); a restarted node takes back its own tasks at once",
     )
     concurrency: int = pydantic.Field(default=8, ge=1, description="tasks run at once per worker")
     lease_seconds: float = pydantic.Field(
@@ -86,6 +87,12 @@ class EngineSettings(_Section):
         default=2.0, gt=0, description="safety-net poll when no notification arrives"
     )
     max_attempts: int = pydantic.Field(default=3, ge=1, description="default attempts per task")
+    max_crashes: int = pydantic.Field(
+        default=50,
+        ge=1,
+        description="a task whose worker is lost this many times while running it fails "
+        "(attempts lost to a crash are not charged against max_attempts)",
+    )
     retry_base_seconds: float = pydantic.Field(
         default=1.0, ge=0, description="first retry delay; doubles per attempt, with jitter"
     )

@@ -13,6 +13,11 @@ Input: `{"agent": NAME, "prompt": TEXT, "version": N (optional)}`. Steps, each c
 The loop ends on a reply that asks for no tool, at the agent's max_turns, or at a budget: a call
 whose worst case (input estimate plus max_tokens) could exceed the tenant's month budget or the
 task's budget is not made; the task waits (`budget:...`) until the budget is raised.
+
+What another attempt cannot fix fails the task at once (permanent errors, errors.py): an input
+without its agent or prompt, an agent nobody defined (UnknownAgentError), a definition naming a
+tool nobody registered (UnknownToolError). A tool's own failure goes to the model; the engine's
+signals and errors (a cancel, a shutdown, a lost lease, Postgres gone, a wait) never do.
 """
 
 from __future__ import annotations
@@ -48,7 +53,12 @@ class Runtime:
     toolbox: tools.Toolbox = tools.toolbox
 
     async def resolve(self, tenant_id: str, name: str, version: int | None) -> dict[str, Any]:
-        agent = await dbagents.get_agent(self.pool, tenant_id=tenant_id, name=name, version=version)
+        try:
+            agent = await dbagents.get_agent(
+                self.pool, tenant_id=tenant_id, name=name, version=version
+            )
+        except errors.NotFoundError as exc:
+            raise errors.UnknownAgentError(str(exc)) from exc
         return {
             "name": agent.name,
             "version": agent.version,
@@ -139,6 +149,35 @@ class Runtime:
         return await self.tool_actions.call(step, tool, dict(block.get("input") or {}), self)
 
 
+# Raised from a tool's step but not the tool's failure: they end the attempt instead of going
+# to the model (engine signals are BaseExceptions, which `except Exception` never catches).
+_NOT_THE_TOOLS = (
+    errors.WaitError,
+    errors.DeniedError,
+    errors.NonDeterminismError,
+    errors.LeaseLostError,
+    errors.ChainContentionError,
+    errors.DatabaseUnavailableError,
+)
+
+
+def _checked(task_input: Any) -> tuple[str, str, int | None]:
+    """The agent's name, the prompt and the version asked for, or a (permanent) InputError."""
+    usage = 'agent.run needs {"agent": NAME, "prompt": TEXT} (and optionally "version": N)'
+    if not isinstance(task_input, dict) or "agent" not in task_input or "prompt" not in task_input:
+        raise errors.InputError(usage)
+    name, text, version = task_input["agent"], task_input["prompt"], task_input.get("version")
+    if not isinstance(name, str) or not name:
+        raise errors.InputError(f"{usage}: agent must be a name, not {name!r}"[:300])
+    if not isinstance(text, str):
+        raise errors.InputError(f"{usage}: prompt must be text, not {type(text).__name__}")
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or version < 1
+    ):
+        raise errors.InputError(f"{usage}: version must be a positive integer, not {version!r}")
+    return name, text, version
+
+
 def _runtime(ctx: context.TaskContext) -> Runtime:
     runtime = ctx.services.get(SERVICE)
     if not isinstance(runtime, Runtime):
@@ -173,13 +212,9 @@ class AgentInput(pydantic.BaseModel):
 @registry.workflow(WORKFLOW, input_model=AgentInput)
 async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
     """Prompt → (model call → tool calls)* → answer, every call a checkpointed step."""
-    if not isinstance(task_input, dict) or "agent" not in task_input or "prompt" not in task_input:
-        raise errors.InputError('agent.run needs {"agent": NAME, "prompt": TEXT}')
+    name, text, version = _checked(task_input)
     runtime = _runtime(ctx)
-    spec = await ctx.step(
-        "agent", runtime.resolve, ctx.tenant_id, task_input["agent"], task_input.get("version")
-    )
-    text = str(task_input["prompt"])
+    spec = await ctx.step("agent", runtime.resolve, ctx.tenant_id, name, version)
     passages = await ctx.step("retrieve", runtime.retrieve, ctx.tenant_id, spec, text)
     messages: list[dict[str, Any]] = [_first_message(text, passages)]
     usage_total: dict[str, int] = {}
@@ -232,7 +267,7 @@ async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
                         "content": json.dumps(result),
                     }
                 )
-            except (errors.WaitError, errors.DeniedError):
+            except _NOT_THE_TOOLS:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed tool is the model's to handle
                 results.append(

@@ -120,7 +120,7 @@ class Toolbox:
             return self._tools[name]
         except KeyError:
             known = ", ".join(sorted(self._tools)) or "none"
-            raise errors.InputError(f"unknown tool {name!r}; known: {known}") from None
+            raise errors.UnknownToolError(f"unknown tool {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
         return sorted(self._tools)

@@ -316,6 +316,8 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
         "priority",
         "attempts",
         "max_attempts",
+        "crashes",
+        "max_crashes",
         "idempotency_key",
         "created_at",
         "started_at",

@@ -55,6 +55,10 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # A connection caught mid-operation by the server's shutdown ("cannot switch to state 11;
+    # another operation is in progress"): not a bug of ours, and it escaped every handler, so
+    # the daemon's db watch died and never reported the outage.
+    asyncpg.exceptions.InternalClientError,
     TimeoutError,
 )
 
@@ -98,6 +102,27 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     asyncpg makes on every release is skipped: it doubled the round trips of every step."""
 
 
+class _OutageNoise(logging.Filter):
+    """asyncpg's pool logs a WARNING with a traceback at every failed try to reconnect its
+    connection floor: every second at first, for as long as Postgres is away. An outage is
+    logged once, by whoever watches the database (the daemon's db watch), so those records
+    become DEBUG lines without the traceback, kept only where DEBUG is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not str(record.msg).startswith(
+            "Failed to restore the pool connection floor"
+        ):
+            return True
+        cause = record.exc_info[1] if record.exc_info else None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "pool floor not restored: %s: %s", (type(cause).__name__, cause)
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_QUIET = _OutageNoise()
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -107,6 +132,7 @@ async def create_pool(
     tls: Tls = None,
 ) -> asyncpg.Pool:
     """Open a pool whose connections decode json/jsonb; raise DatabaseUnavailableError."""
+    logging.getLogger("asyncpg.pool").addFilter(_QUIET)  # once: the same filter is not added twice
     with translated():
         pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn,

@@ -40,6 +40,7 @@ async def submit_task(
     concurrency_key: str | None,
     concurrency_limit: int | None,
     actor: str,
+    max_crashes: int,
 ) -> tuple[models.Submitted, str, Any]:
     """Insert a task; returns it with the workflow and input it was (first) submitted with."""
     with pool.translated():
@@ -55,6 +56,7 @@ async def submit_task(
             concurrency_key,
             concurrency_limit,
             actor,
+            max_crashes,
         )
     if row is None:
         raise errors.EngineError("submit_task returned no row")
@@ -169,11 +171,23 @@ async def requeue_abandoned(
     task_ids: Sequence[int] | None = None,
     actor: str,
 ) -> int:
-    """Requeue a restarted node's tasks, the given tasks of worker `actor`, or expired ones."""
+    """Requeue a restarted node's tasks, the given tasks of worker `actor`, or expired ones
+    (without the outage grace of `expire_leases`). The lost attempts are not charged, and the
+    tasks keep their place in the queue."""
     with pool.translated():
         count: int = await conn.fetchval(
             _Q["requeue_abandoned"], node, list(task_ids) if task_ids is not None else None, actor
         )
+    return count
+
+
+async def expire_leases(
+    conn: pool.Connection | pool.Pool, *, actor: str, lease_seconds: float, outage: bool
+) -> int:
+    """Requeue the tasks whose lease expired, unless Postgres was away within the last lease
+    (`outage`: the caller could not reach it since its previous sweep); returns how many."""
+    with pool.translated():
+        count: int = await conn.fetchval(_Q["expire_leases"], actor, lease_seconds, outage)
     return count
 
 

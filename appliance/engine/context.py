@@ -34,11 +34,20 @@ def encode(value: Any, what: str) -> str:
         raise errors.InputError(f"{what} a value that is not JSON: {exc}") from exc
 
 
-class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Signal(BaseException):
+    """An engine control-flow signal raised at a step boundary, not an error.
+
+    Like asyncio.CancelledError it derives from BaseException, so a workflow's
+    `except Exception` around a step cannot swallow it and carry on (calling a model again,
+    ending `succeeded`); only the worker catches it.
+    """
+
+
+class Cancelled(Signal):
     """The task was cancelled; it stops at this step boundary."""
 
 
-class Released(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Released(Signal):
     """The worker is shutting down; the task goes back to the queue at this boundary."""
 
 

@@ -45,6 +45,7 @@ async def submit(
         concurrency_key=f"integration:{integration}" if integration else None,
         concurrency_limit=config.integration_limits.get(integration) if integration else None,
         actor=actor,
+        max_crashes=config.max_crashes,
     )
     if not submitted.created and (
         first_workflow != workflow or first_input != json.loads(input_json)

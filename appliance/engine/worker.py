@@ -2,8 +2,14 @@
 
 Wake-ups come by LISTEN/NOTIFY; a slow poll is only a safety net. Each finished task claims
 its successor in the same commit. A heartbeat extends the leases of the tasks being run and
-requeues those whose lease expired elsewhere. A restarted node first takes back the tasks
-held under its own node name.
+requeues those whose lease expired elsewhere (never within a lease of an outage of Postgres,
+so every worker renews first). A worker holds its node name (`nodes`) for as long as it runs;
+holding it, it first takes back the tasks left running under that name by a process that is
+gone. An attempt lost with its worker is not charged against the task's max_attempts.
+
+A workflow's failure is retried with backoff up to max_attempts, unless the error is
+`permanent` (errors.py: bad input, an unknown agent or tool, a missing input key, a changed
+step): another attempt cannot fix that, so the task fails at once.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 from appliance import errors, models, settings
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
-from appliance.engine import backoff, context, registry
+from appliance.engine import backoff, context, inputs, nodes, registry
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,9 @@ class Worker:
 
     `on_finished(task_id, outcome)` is called after each attempt's final commit (outcome:
     succeeded, failed, retry, cancelled, released, waiting). `services` are handed to every
-    workflow as `ctx.services` (the agent runtime, for one).
+    workflow as `ctx.services` (the agent runtime, for one). `node` is the hold of the node
+    name when the caller took it (the daemon does, to refuse a start early); else `run()`
+    takes it.
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class Worker:
         health: Health | None = None,
         on_finished: Callable[[int, str], None] | None = None,
         services: Mapping[str, Any] | None = None,
+        node: nodes.NodeHold | None = None,
     ) -> None:
         self._pool = pool
         self._dsn = dsn
@@ -77,25 +86,45 @@ class Worker:
         self._slots: set[asyncio.Task[None]] = set()
         self._running: dict[int, int] = {}
         self._abandoned: set[int] = set()
+        self._node = node
+        self._misses = 0  # times Postgres was out of reach (the sweep reports new ones)
+        self._misses_reported = 0
         self._listener: dbpool.Connection | None = None
         self.started = asyncio.Event()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Work until stop(); returns after the drain."""
+        """Work until stop(); returns after the drain. Raises NodeNameHeldError when a live
+        process holds the node name, or took it over while Postgres was out of reach."""
+        node = self._node
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if node is None:
+                    node = await stack.enter_async_context(
+                        nodes.held(self._dsn, self.node, lease_seconds=self._config.lease_seconds)
+                    )
+                    self._node = node
+                await self._work(node)
+        finally:
+            self._claiming_done.set()
+            self._stopped.set()
+        if node.loss is not None:
+            raise node.loss
+
+    async def _work(self, node: nodes.NodeHold) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(), name="engine.heartbeat")
+        watch = asyncio.create_task(self._watch_node(node), name="engine.node_watch")
         try:
             await self._reclaim_own()
             self.started.set()
             await self._loop()
         finally:
             self._claiming_done.set()
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, watch):
+                task.cancel()
+            await asyncio.gather(heartbeat, watch, return_exceptions=True)
             await self._close_listener()
-            self._stopped.set()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let running steps finish within the grace period; release the rest."""
@@ -118,8 +147,17 @@ class Worker:
 
     # ---- claiming --------------------------------------------------------------------------
 
+    async def _watch_node(self, node: nodes.NodeHold) -> None:
+        """Another process took the node name (and this node's tasks): stop everything now."""
+        await node.lost.wait()
+        self._draining = True
+        for slot in list(self._slots):
+            slot.cancel()
+        self._wake.set()
+
     async def _reclaim_own(self) -> None:
-        """After a crash of this node, its tasks resume at once instead of after the lease."""
+        """After a crash of this node, its tasks resume at once instead of after the lease
+        (the node name is held: the process that ran them is gone)."""
         try:
             count = await dbtasks.requeue_abandoned(
                 self._pool, node=self.node, actor=self.worker_id
@@ -137,7 +175,7 @@ class Worker:
     async def _loop(self) -> None:
         while not self._draining:
             self._wake.clear()
-            if self.health.ok:
+            if self.health.ok and self._node is not None and self._node.held:
                 await self._ensure_listener()
                 await self._release_abandoned()
                 claimed = await self._claim(self._config.concurrency - len(self._slots))
@@ -162,6 +200,7 @@ class Worker:
                 tenant_share=self._config.tenant_concurrency,
             )
         except errors.DatabaseUnavailableError:
+            self._misses += 1
             log.debug("claim skipped: database unavailable", extra={"event": "engine.claim"})
             return []
         except errors.ApplianceError as exc:
@@ -171,6 +210,8 @@ class Worker:
     async def _idle_timeout(self) -> float:
         """Sleep until the safety-net poll or the next delayed task, whichever is sooner."""
         timeout = self._config.poll_seconds
+        if self._node is not None and not self._node.held:
+            return min(timeout, self._node.beat_seconds)  # claim again once it is held
         if not self.health.ok or len(self._slots) >= self._config.concurrency:
             return timeout
         try:
@@ -208,30 +249,50 @@ class Worker:
         try:
             await dbtasks.requeue_abandoned(self._pool, task_ids=ids, actor=self.worker_id)
         except errors.DatabaseUnavailableError:
+            self._misses += 1
             return
         self._abandoned.difference_update(ids)
 
     async def _heartbeat(self) -> None:
+        """Renew this worker's leases, then sweep expired ones (reporting an outage it saw)."""
         interval = self._config.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
             if not self.health.ok:
+                self._misses += 1
                 continue
             try:
-                if self._running:
-                    held = await dbtasks.extend_leases(
-                        self._pool,
-                        worker=self.worker_id,
-                        lease_seconds=self._config.lease_seconds,
-                        task_ids=list(self._running),
-                    )
-                    for lost in set(self._running) - held:
-                        log.warning(
-                            "lease of task %d lost", lost, extra={"event": "engine.lease_lost"}
-                        )
-                await dbtasks.requeue_abandoned(self._pool, actor=self.worker_id)
+                await self._renew()
+                misses = self._misses
+                await dbtasks.expire_leases(
+                    self._pool,
+                    actor=self.worker_id,
+                    lease_seconds=self._config.lease_seconds,
+                    outage=misses > self._misses_reported,
+                )
+                self._misses_reported = misses
+            except errors.DatabaseUnavailableError as exc:
+                self._misses += 1
+                log.debug("heartbeat failed: %s", exc, extra={"event": "engine.heartbeat"})
             except errors.ApplianceError as exc:
                 log.debug("heartbeat failed: %s", exc, extra={"event": "engine.heartbeat"})
+
+    async def _renew(self) -> None:
+        """Extend the leases of the running attempts. A task claimed during the round trip was
+        not asked about, and one that ended meanwhile is no longer this worker's: neither is
+        a lost lease."""
+        asked = dict(self._running)
+        if not asked:
+            return
+        held = await dbtasks.extend_leases(
+            self._pool,
+            worker=self.worker_id,
+            lease_seconds=self._config.lease_seconds,
+            task_ids=list(asked),
+        )
+        for task_id, attempt in asked.items():
+            if task_id not in held and self._running.get(task_id) == attempt:
+                log.warning("lease of task %d lost", task_id, extra={"event": "engine.lease_lost"})
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -275,7 +336,7 @@ class Worker:
         )
         try:
             workflow = self._registry.get(task.workflow)
-            output = await workflow.fn(ctx, task.input)
+            output = await workflow.fn(ctx, inputs.of(task.input))
             output_json = context.encode(output, f"workflow {task.workflow!r} returned")
         except context.Released:
             return await self._finish(task, ctx, "released")
@@ -289,6 +350,7 @@ class Worker:
             log.warning("%s", exc, extra={"event": "engine.lease_lost", "task_id": task.task_id})
             return None
         except errors.DatabaseUnavailableError:
+            self._misses += 1
             self._abandoned.add(task.task_id)
             return None
         except errors.WaitError as exc:
@@ -299,9 +361,9 @@ class Worker:
                 extra={"event": "engine.task_waiting", "task_id": task.task_id},
             )
             return await self._finish(task, ctx, "waiting", error=exc.reason, failed=True)
-        except (errors.NonDeterminismError, errors.UnknownWorkflowError, errors.DeniedError) as exc:
-            return await self._finish(task, ctx, "failed", error=_describe(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of workflow code ends the attempt
+            if isinstance(exc, errors.ApplianceError) and exc.permanent:
+                return await self._failed_for_good(task, ctx, exc)
             return await self._failed(task, ctx, exc)
         return await self._finish(task, ctx, "succeeded", output_json=output_json)
 
@@ -309,6 +371,19 @@ class Worker:
         return await dbtasks.record_step(
             self._pool, task_id=task.task_id, worker=self.worker_id, attempt=task.attempt, step=step
         )
+
+    async def _failed_for_good(
+        self, task: models.ClaimedTask, ctx: context.TaskContext, exc: errors.ApplianceError
+    ) -> models.ClaimedTask | None:
+        """An error another attempt cannot fix: the task fails now, with the reason."""
+        error = _describe(exc)
+        log.warning(
+            "task %d failed (permanent, not retried): %s",
+            task.task_id,
+            error,
+            extra={"event": "engine.task_failed", "task_id": task.task_id, "permanent": True},
+        )
+        return await self._finish(task, ctx, "failed", error=error, failed=True)
 
     async def _failed(
         self, task: models.ClaimedTask, ctx: context.TaskContext, exc: Exception
@@ -351,7 +426,9 @@ class Worker:
         claim: bool = True,
         failed: bool = False,
     ) -> models.ClaimedTask | None:
-        take = 1 if claim and not self._draining and self.health.ok else 0
+        holding = self._node is None or self._node.held
+        take = 1 if claim and not self._draining and self.health.ok and holding else 0
+        self._running.pop(task.task_id, None)  # ending: no longer the heartbeat's to renew
         try:
             claimed = await dbtasks.finish_task(
                 self._pool,
@@ -373,6 +450,7 @@ class Worker:
             log.warning("%s", exc, extra={"event": "engine.lease_lost", "task_id": task.task_id})
             return None
         except errors.DatabaseUnavailableError:
+            self._misses += 1
             self._abandoned.add(task.task_id)
             return None
         ctx.written()

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import shutil
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
@@ -377,6 +378,97 @@ class TestShutdown:
         ]
 
 
+class TestNodeName:
+    async def test_a_second_daemon_under_a_live_name_exits_78_naming_the_holder(
+        self, tables: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """A daemon started under a running one's node name refuses to start (exit 78, naming
+        the holder) and takes nothing: the running task's steps run once, in one attempt."""
+        gate = tmp_path / "gate"
+        async with daemon.running(database_dsn, tmp_path, name="first", node="n1") as first:
+            task_id = await submit(tables, workflows.COUNTED, {"gate": str(gate)})
+            await wait_for_step(tables, task_id, "two", attempt=1, daemons=[first])
+            second = await daemon.cli(
+                "run",
+                folder=tmp_path,
+                dsn=database_dsn,
+                overrides={
+                    "engine.node_name": "n1",
+                    "health.port": 0,
+                    "health.host": "127.0.0.1",
+                    "outbox.sinks": ["file"],
+                    "outbox.file_path": str(tmp_path / "second.jsonl"),
+                },
+                timeout=daemon.READY_SECONDS,
+            )
+            gate.touch()
+            [task] = await wait_for_states(tables, [task_id], daemons=[first])
+
+        assert second.code == 78, second.stderr
+        assert f"'n1' is held by pid {first.process.pid} on host {socket.gethostname()}" in (
+            second.stderr
+        )
+        assert "Traceback" not in second.stderr
+        assert task.state == "succeeded", task.error
+        assert await step_runs(tables, task_id) == {"one": [1], "two": [1], "three": [1]}
+        assert await attempts(tables, task_id) == [(1, "n1", "succeeded")]
+
+
+class TestCrashLoop:
+    @pytest.mark.timeout(240)
+    async def test_a_task_that_kills_its_daemon_every_time_fails_at_max_crashes(
+        self, tables: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """Restarted after each kill its task makes, the daemon fails that task at its third
+        crash with the reason, and `task show` gives both counts (text and --json)."""
+        config = settings.EngineSettings(node_name="test", max_attempts=3, max_crashes=3)
+        answer = await submission.submit(
+            tables,
+            registry.registry,
+            config,
+            tenant_id="default",
+            workflow=workflows.KILLS_WORKER,
+            task_input={},
+            actor="test",
+        )
+        task_id = answer.task_id
+
+        async def state() -> str:
+            task = await dbtasks.get_task(tables, task_id)
+            assert task is not None
+            return task.state
+
+        starts = 0
+        while starts < 6 and await state() != "failed":
+            starts += 1
+            process = await daemon.spawn(database_dsn, tmp_path, name=f"d{starts}", node="n1")
+
+            async def ended_or_dead(process: daemon.Daemon = process) -> bool:
+                return process.exited or await state() == "failed"
+
+            await daemon.wait_until(ended_or_dead, what="the task to fail or kill the daemon")
+            await process.kill()
+        failed = await dbtasks.get_task(tables, task_id)
+        shown = await daemon.cli("task", "show", str(task_id), folder=tmp_path, dsn=database_dsn)
+        as_json = await daemon.cli(
+            "task", "show", str(task_id), "--json", folder=tmp_path, dsn=database_dsn
+        )
+
+        assert failed is not None
+        assert (failed.state, failed.crashes, starts) == ("failed", 3, 4)
+        assert failed.error is not None
+        assert "lost 3 times" in failed.error
+        assert "max_crashes" in failed.error
+        assert [outcome for _, _, outcome in await attempts(tables, task_id)] == [
+            "node_restarted"
+        ] * 3
+        assert shown.code == 0, shown.stderr
+        lines = dict(line.split(None, 1) for line in shown.stdout.splitlines() if " " in line)
+        assert (lines.get("crashes"), lines.get("max_crashes")) == ("3", "3")
+        assert as_json.code == 0, as_json.stderr
+        assert (as_json.json()["crashes"], as_json.json()["max_crashes"]) == (3, 3)
+
+
 class TestHealth:
     async def test_a_ready_daemon_is_alive_and_ready(
         self, tables: dbpool.Pool, database_dsn: str, tmp_path: Path
@@ -529,6 +621,28 @@ class TestPostgresRestart:
         assert running.count("db.unavailable") == 1
         assert running.count("db.recovered") == 1
         assert {t.task_id: t.state for t in done} == dict.fromkeys(before + after, "succeeded")
+
+    @pytest.mark.timeout(180)
+    async def test_an_outage_is_logged_once_without_a_traceback(
+        self, cluster_database: tuple[EmbeddedPostgres, str], tmp_path: Path
+    ) -> None:
+        """While Postgres is away the log has one line for the outage and none with a
+        traceback, however often the daemon retries; one line for the recovery."""
+        cluster, dsn = cluster_database
+        async with daemon.running(dsn, tmp_path) as running:
+            before = len(running.records)
+            await cluster.stop()
+            await running.wait_for_log("db.unavailable")
+            # The outage lasts a while on purpose: every part of the daemon retries meanwhile.
+            await asyncio.sleep(4.0)
+            await cluster.start()
+            await running.wait_for_log("db.recovered", timeout=30)
+            during = running.records[before:]
+
+        assert [r for r in during if "exc" in r] == []
+        assert [r["msg"] for r in during if str(r.get("logger", "")).startswith("asyncpg")] == []
+        assert running.count("db.unavailable") == 1
+        assert running.count("db.recovered") == 1
 
     @staticmethod
     async def _readyz(running: daemon.Daemon, status: int) -> tuple[int, Any] | None:

@@ -211,6 +211,27 @@ async def start(
     `<folder>/events.jsonl`, and knows the workflows of `tests.support.workflows`.
     `open_files` sets its RLIMIT_NOFILE, soft and hard, before it starts.
     """
+    daemon = await spawn(
+        dsn, folder, name=name, node=node, overrides=overrides, open_files=open_files
+    )
+    try:
+        daemon.ready = await daemon.wait_for_log("daemon.ready", timeout=READY_SECONDS)
+    except BaseException:
+        await daemon.kill()
+        raise
+    return daemon
+
+
+async def spawn(
+    dsn: str,
+    folder: Path,
+    *,
+    name: str = "daemon",
+    node: str = "n1",
+    overrides: Mapping[str, Any] | None = None,
+    open_files: int | None = None,
+) -> Daemon:
+    """Start `appliance run` as `start` does, without waiting for it to be ready."""
     settings: dict[str, Any] = {
         "engine.node_name": node,
         "health.port": 0,
@@ -234,13 +255,7 @@ async def start(
         limit=_LINE_LIMIT,
         preexec_fn=None if open_files is None else functools.partial(_limit_files, open_files),
     )
-    daemon = Daemon(process, name, folder / f"{name}.log")
-    try:
-        daemon.ready = await daemon.wait_for_log("daemon.ready", timeout=READY_SECONDS)
-    except BaseException:
-        await daemon.kill()
-        raise
-    return daemon
+    return Daemon(process, name, folder / f"{name}.log")
 
 
 def _limit_files(count: int) -> None:

@@ -11,9 +11,9 @@ response carries `request-id: req_<hex>`; every error body is
 `{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}`.
 
 Replies: `server.script(...)` queues replies for the next `POST /v1/messages` calls, one each:
-`TextReply`, `ToolUseReply`, or a `Fault` (see `rate_limited`, `overloaded`, `api_error`,
-`invalid_request`). Without a scripted reply the answer is the text `echo: <the first eight
-words of the last user message>` with `stop_reason: "end_turn"`.
+`TextReply`, `ToolUseReply` (one tool call, or several), or a `Fault` (see `rate_limited`,
+`overloaded`, `api_error`, `invalid_request`). Without a scripted reply the answer is the text
+`echo: <the first eight words of the last user message>` with `stop_reason: "end_turn"`.
 
 Token counting (one rule, used by create, count_tokens and the cache alike):
 
@@ -126,12 +126,14 @@ class TextReply:
 
 @dataclasses.dataclass(frozen=True)
 class ToolUseReply:
-    """The assistant asks for one tool call (after an optional text block)."""
+    """The assistant asks for one tool call (after an optional text block), and for the calls
+    of `more` after it in the same reply (parallel tool use)."""
 
     name: str
     input: Mapping[str, Any]
     id: str | None = None
     text: str | None = None
+    more: tuple[ToolUseReply, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,10 +474,11 @@ def _content_of(reply: TextReply | ToolUseReply) -> tuple[list[dict[str, Any]], 
     if isinstance(reply, TextReply):
         return [_text_block(reply.text)], reply.stop_reason
     content = [_text_block(reply.text)] if reply.text else []
-    tool_id = reply.id or f"toolu_{secrets.token_hex(12)}"
-    content.append(
-        {"type": "tool_use", "id": tool_id, "name": reply.name, "input": dict(reply.input)}
-    )
+    for call in (reply, *reply.more):
+        tool_id = call.id or f"toolu_{secrets.token_hex(12)}"
+        content.append(
+            {"type": "tool_use", "id": tool_id, "name": call.name, "input": dict(call.input)}
+        )
     return content, "tool_use"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from appliance.isolation import steps
 COUNTED = "test.counted"
 SLEEPY = "test.sleepy"
 FAILS = "test.fails"
+KILLS_WORKER = "test.kills_worker"
 GATE_TOOL = "wait_for_gate"
 ISOLATED = "test.isolated"
 STEPS = ("one", "two", "three")
@@ -109,6 +111,16 @@ def _explode() -> None:
 async def fails(ctx: context.TaskContext, task_input: Any) -> Any:
     """A step that raises; one attempt unless the submission asks for more."""
     return await ctx.step("explode", _explode)
+
+
+def _kill_this_process() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@registry.workflow(KILLS_WORKER)
+async def kills_worker(ctx: context.TaskContext, task_input: Any) -> Any:
+    """A step that kills the process running it: a task that crashes its worker every time."""
+    return await ctx.step("die", _kill_this_process)
 
 
 @tools.toolbox.tool(

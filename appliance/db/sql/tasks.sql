@@ -1,7 +1,7 @@
 -- name: submit_task
 -- Insert a task (or find the one with the same idempotency key), with its audit entry and event.
 SELECT task_id, created, workflow, input
-  FROM appliance.submit_task($1, $2, $3::text::json, $4, $5, $6, $7, $8, $9, $10);
+  FROM appliance.submit_task($1, $2, $3::text::json, $4, $5, $6, $7, $8, $9, $10, $11);
 
 -- name: claim_tasks
 -- Lease up to $3 ready tasks to worker $1 on node $2, with their earlier checkpoints.
@@ -52,8 +52,12 @@ SELECT task_id, tenant_id, workflow, input, attempts, max_attempts, checkpoints
                              $11, $12, $13::text::json, $14, $15, $16, $17, $18);
 
 -- name: requeue_abandoned
--- Requeue the running tasks of node $1, or tasks $2 that worker $3 gave up, or expired ones.
+-- Requeue the running tasks of node $1, or tasks $2 that worker $3 gave up, or expired ones; uncharged, in their place.
 SELECT appliance.requeue_abandoned($1, $2, $3);
+
+-- name: expire_leases
+-- The heartbeat's sweep by worker $1 (lease $2 s; $3: it lost Postgres since its last sweep): requeue expired leases unless Postgres was away lately.
+SELECT appliance.expire_leases($1, $2, $3);
 
 -- name: extend_leases
 -- Heartbeat: push back the leases of tasks $3 that worker $1 runs; returns those still held.
@@ -79,15 +83,15 @@ SELECT appliance.retry_task($1, $2, $3);
 -- name: get_task
 -- One task by id.
 SELECT task_id, tenant_id, workflow, input, state, wait_reason, priority, run_after, attempts,
-       max_attempts, idempotency_key, concurrency_key, lease_node, cancel_requested_by, output,
-       error, created_at, started_at, finished_at, updated_at
+       max_attempts, crashes, max_crashes, idempotency_key, concurrency_key, lease_node,
+       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at
   FROM appliance.tasks WHERE task_id = $1;
 
 -- name: list_tasks
 -- The newest tasks, optionally of one tenant and one state.
 SELECT task_id, tenant_id, workflow, input, state, wait_reason, priority, run_after, attempts,
-       max_attempts, idempotency_key, concurrency_key, lease_node, cancel_requested_by, output,
-       error, created_at, started_at, finished_at, updated_at
+       max_attempts, crashes, max_crashes, idempotency_key, concurrency_key, lease_node,
+       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at
   FROM appliance.tasks
  WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2)
  ORDER BY task_id DESC
