@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from appliance import __version__, errors, launchd, models, settings
 from appliance.cli import agents as agent_commands
@@ -26,6 +26,9 @@ from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
+
+if TYPE_CHECKING:
+    from appliance import vault
 
 Handler = Callable[[argparse.Namespace, settings.Settings], Coroutine[Any, Any, int]]
 TAILNET_KEY_INTEGRATION = "tailscale"  # the vault scope of the tailnet auth key
@@ -45,7 +48,11 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
     async with connection.open_database(config, start_cluster=True) as db:
         async with db.pool.acquire() as conn:
             applied = await migrations.migrate(conn)
-        vault_state = await agent_commands.init_vault(config, db.pool)
+        initialised = await agent_commands.init_vault(
+            config, db.pool, replace_lost_key=args.replace_lost_vault_key
+        )
+        box = initialised.vault
+        vault_state = f"key version {box.current_version}, fingerprint {box.fingerprint}"
         created = await dbtenants.create_tenant(
             db.pool,
             tenant_id=config.default_tenant,
@@ -54,7 +61,7 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         )
         stored_key = None
         if args.tailnet_auth_key_file is None:
-            stored_key = await _stored_tailnet_key(config, db)
+            stored_key = await _stored_tailnet_key(config, db, box)
         where = f"embedded cluster in {db.cluster.data_dir}" if db.cluster else "configured server"
     tailnet = None
     if args.tailnet_auth_key_file is not None:
@@ -73,6 +80,7 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         "default_tenant": config.default_tenant,
         "tenant_created": created,
         "vault": vault_state,
+        "vault_secrets_lost": list(initialised.lost),
     }
     if args.json:
         output.emit_json(result)
@@ -83,6 +91,8 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         output.out(f"migrations    {', '.join(result['migrations_applied']) or 'up to date'}")
         output.out(f"tenant        {config.default_tenant} ({'created' if created else 'exists'})")
         output.out(f"vault         {vault_state}")
+        if initialised.lost:
+            output.out(f"lost secrets  {', '.join(initialised.lost)} (set them again)")
         if tailnet is not None:
             output.out(f"tailnet       {tailnet['state']} as {tailnet['name']} {tailnet['ips']}")
     return 0
@@ -104,7 +114,9 @@ async def cmd_exposure_check(args: argparse.Namespace, config: settings.Settings
     return 0
 
 
-async def _stored_tailnet_key(config: settings.Settings, db: connection.Database) -> bytes | None:
+async def _stored_tailnet_key(
+    config: settings.Settings, db: connection.Database, box: vault.Vault
+) -> bytes | None:
     """The tailnet auth key kept in the vault (`appliance secrets set tailscale auth-key`), if any.
 
     It belongs to the box, so it lives in the default tenant's scope (the tenant `init` creates
@@ -112,7 +124,6 @@ async def _stored_tailnet_key(config: settings.Settings, db: connection.Database
     """
     from appliance import vault
 
-    box = await vault.open_vault(db.pool, vault.configured_key(config))
     try:
         return await vault.read_secret(
             db.pool,
@@ -492,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate, add the default tenant",
     )
     init.add_argument("--state-dir", type=Path, help="state directory written into a new config")
+    init.add_argument(
+        "--replace-lost-vault-key",
+        action="store_true",
+        help="the vault's master key is lost for good: delete every secret sealed under it "
+        "(they cannot be opened) and start a new key (the old key file is kept beside it)",
+    )
     init.add_argument(
         "--tailnet-auth-key-file",
         type=Path,

@@ -6,12 +6,15 @@ import argparse
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from appliance import errors, settings
 from appliance.cli import arguments, output, validation
 from appliance.db import connection
 from appliance.db import tasks as dbtasks
+
+if TYPE_CHECKING:
+    from appliance import master_key
 
 
 async def cmd_agents_apply(args: argparse.Namespace, config: settings.Settings) -> int:
@@ -261,21 +264,16 @@ async def cmd_policy_diff(args: argparse.Namespace, config: settings.Settings) -
     return 0
 
 
-def _vault_key(config: settings.Settings) -> bytes:
-    from appliance import vault
+async def init_vault(
+    config: settings.Settings, pool: Any, *, replace_lost_key: bool
+) -> master_key.Initialised:
+    """`init`: register the configured key (creating a key file while none is recorded), or
+    replace a lost one; never writes a key over an initialised vault otherwise."""
+    from appliance import master_key
 
-    return vault.configured_key(config)
-
-
-async def init_vault(config: settings.Settings, pool: Any) -> str:
-    """`init`: create the key file (source `file`) if missing and register its fingerprint."""
-    from appliance import vault
-
-    path = config.vault.key_file or config.state_dir / "vault.key"
-    if config.vault.source == "file" and not path.exists():
-        vault.create_key_file(path)
-    opened = await vault.open_vault(pool, _vault_key(config), initialise=True)
-    return f"key version {opened.current_version}, fingerprint {opened.fingerprint}"
+    return await master_key.initialise(
+        pool, config, replace_lost_key=replace_lost_key, actor=output.actor()
+    )
 
 
 def _secret_value(args: argparse.Namespace) -> bytes:
@@ -302,13 +300,13 @@ def _done(args: argparse.Namespace, tenant: str, result: str) -> None:
 
 async def cmd_secrets_set(args: argparse.Namespace, config: settings.Settings) -> int:
     """Store a secret (the value from stdin or --from-file, never the command line)."""
-    from appliance import vault
+    from appliance import master_key, vault
 
     value = _secret_value(args)
     tenant = args.tenant or config.default_tenant
     every = dt.timedelta(days=args.rotate_every_days) if args.rotate_every_days else None
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
-        opened = await vault.open_vault(db.pool, _vault_key(config))
+        opened = await master_key.open_configured(db.pool, config)
         created = await vault.set_secret(
             db.pool,
             opened,
@@ -326,12 +324,12 @@ async def cmd_secrets_set(args: argparse.Namespace, config: settings.Settings) -
 
 async def cmd_secrets_rotate(args: argparse.Namespace, config: settings.Settings) -> int:
     """Give a secret a new value (stdin or --from-file); its rotation clock restarts."""
-    from appliance import vault
+    from appliance import master_key, vault
 
     value = _secret_value(args)
     tenant = args.tenant or config.default_tenant
     async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
-        opened = await vault.open_vault(db.pool, _vault_key(config))
+        opened = await master_key.open_configured(db.pool, config)
         await vault.rotate_secret(
             db.pool,
             opened,
