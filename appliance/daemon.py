@@ -87,7 +87,7 @@ async def _run(config: settings.Settings, options: Options) -> int:
         )
         await console.start()
     try:
-        async with connection.open_database(config, start_cluster=True) as db:
+        async with connection.open_database(config, create_cluster=True) as db:
             await _prepare_schema(db, options, readiness)
             await master_key.check_at_start(db.pool, config)  # a recorded key must be there
             # The signing secrets in the vault, before any work starts: a missing one is exit 78.

@@ -226,7 +226,7 @@ async def _outbox(db: connection.Database) -> Check:
 
 async def _database(config: settings.Settings) -> list[Check]:
     try:
-        async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        async with connection.open_database(config, pool_size=2) as db:
             checks = [Check("database", True, "reachable")]
             async with db.pool.acquire() as conn:
                 status = await migrations.status(conn)
@@ -265,14 +265,8 @@ async def _database(config: settings.Settings) -> list[Check]:
             checks.extend(await _vault_signing_secrets(config, db.pool))
             return checks
     except errors.ApplianceError as exc:
-        return [
-            Check(
-                "database",
-                False,
-                exc.message,
-                "start the daemon (embedded Postgres) or check database.url",
-            )
-        ]
+        fix = "" if config.embedded else "check database.url (APPLIANCE_DATABASE__URL)"
+        return [Check("database", False, exc.message, fix)]
 
 
 async def check_vault(config: settings.Settings, pool: dbpool.Pool) -> Check:

@@ -44,8 +44,9 @@ def _task_dict(task: models.Task) -> dict[str, Any]:
 
 async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
     """Config file, state directory, database, migrations, default tenant; safe to repeat."""
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    async with connection.open_database(config, start_cluster=True) as db:
+    if not config.embedded:  # else the cluster makes it, traversable by its Postgres user
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    async with connection.open_database(config, create_cluster=True) as db:
         async with db.pool.acquire() as conn:
             applied = await migrations.migrate(conn)
         initialised = await agent_commands.init_vault(
@@ -174,7 +175,7 @@ async def cmd_run(args: argparse.Namespace, config: settings.Settings) -> int:
 async def cmd_migrate(args: argparse.Namespace, config: settings.Settings) -> int:
     """Apply pending migrations (or print their SQL)."""
     async with (
-        connection.open_database(config, start_cluster=True, pool_size=2) as db,
+        connection.open_database(config, create_cluster=True, pool_size=2) as db,
         db.pool.acquire() as conn,
     ):
         if args.print_sql:
@@ -250,7 +251,7 @@ async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -
     run_after = None
     if args.delay is not None:
         run_after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.delay)
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         await validation.known_tenant(db.pool, tenant)
         if args.workflow == loop.WORKFLOW:
             await validation.agent_task(db.pool, tenant, task_input)
@@ -276,7 +277,7 @@ async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -
 
 async def cmd_task_list(args: argparse.Namespace, config: settings.Settings) -> int:
     """The newest tasks."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         tasks = await dbtasks.list_tasks(
             db.pool, tenant_id=args.tenant, state=args.state, limit=args.limit
         )
@@ -306,7 +307,7 @@ async def cmd_task_list(args: argparse.Namespace, config: settings.Settings) -> 
 
 async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> int:
     """A task with its steps (durations) and attempts."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         task = await dbtasks.get_task(db.pool, args.task_id)
         if task is None:
             raise errors.NotFoundError(f"no task {args.task_id}")
@@ -357,7 +358,7 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
 
 async def cmd_task_cancel(args: argparse.Namespace, config: settings.Settings) -> int:
     """Cancel a task (a running one stops at its next step boundary)."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         result = await dbtasks.cancel_task(db.pool, task_id=args.task_id, actor=output.actor())
     if result is None:
         raise errors.NotFoundError(f"no task {args.task_id}")
@@ -374,7 +375,7 @@ async def cmd_task_cancel(args: argparse.Namespace, config: settings.Settings) -
 
 async def cmd_task_retry(args: argparse.Namespace, config: settings.Settings) -> int:
     """Requeue a failed or cancelled task; it resumes from its last checkpoint."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         result = await dbtasks.retry_task(
             db.pool, task_id=args.task_id, actor=output.actor(), attempts=config.engine.max_attempts
         )
@@ -394,7 +395,7 @@ async def cmd_task_retry(args: argparse.Namespace, config: settings.Settings) ->
 
 async def cmd_audit_verify(args: argparse.Namespace, config: settings.Settings) -> int:
     """Check every hash chain; name the first broken entry."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         entries, chains = await dbaudit.count_audit_entries(db.pool)
         breaks = await dbaudit.find_chain_breaks(db.pool)
     if args.json:
@@ -414,7 +415,7 @@ async def cmd_audit_verify(args: argparse.Namespace, config: settings.Settings) 
 
 async def cmd_audit_show(args: argparse.Namespace, config: settings.Settings) -> int:
     """A task's audit entries."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         entries = await dbaudit.list_chain(db.pool, f"task:{args.task_id}")
     if not entries:
         raise errors.NotFoundError(f"no audit entries for task {args.task_id}")
@@ -430,7 +431,7 @@ async def cmd_audit_show(args: argparse.Namespace, config: settings.Settings) ->
 
 async def cmd_tenants_add(args: argparse.Namespace, config: settings.Settings) -> int:
     """Create a tenant."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         created = await dbtenants.create_tenant(
             db.pool,
             tenant_id=args.tenant_id,
@@ -446,7 +447,7 @@ async def cmd_tenants_add(args: argparse.Namespace, config: settings.Settings) -
 
 async def cmd_tenants_list(args: argparse.Namespace, config: settings.Settings) -> int:
     """Every tenant."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         found = await dbtenants.list_tenants(db.pool)
     if args.json:
         output.emit_json([output.fields(t) for t in found])
