@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import shlex
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,9 +98,17 @@ def _recorded_key(config: settings.Settings, versions: Sequence[dbvault.VaultKey
             f"{current.key_version})"
         ) from None
     except vault.MasterKeyMissingError as exc:
-        raise vault.MasterKeyMissingError(
-            f"{exc.message}; {_restore_advice(config, current)}"
-        ) from None
+        found = None
+        if config.vault.source == "file":
+            found = _recoverable(vault.key_file_path(config), current.fingerprint)
+        if found is not None:
+            advice = (
+                f"it holds the vault's key (fingerprint {current.fingerprint}) in another form: "
+                f"write it as the 32 raw bytes with `{found[1]}`"
+            )
+        else:
+            advice = _restore_advice(config, current)
+        raise vault.MasterKeyMissingError(f"{exc.message}; {advice}") from None
 
 
 async def open_configured(pool: dbpool.Pool, config: settings.Settings) -> vault.Vault:
@@ -172,21 +181,22 @@ def _raw(path: Path) -> bytes | None:
         return None
 
 
-def _written_as_text(path: Path, expected: str) -> bytes | None:
-    """The key in a key file that holds it as hex or base64 text (or with a line ending added),
-    when that key is the expected one: such a key is not lost."""
+def _recoverable(path: Path, expected: str) -> tuple[bytes, str] | None:
+    """When the key file holds the expected key in another form (hex or base64 text, bytes
+    added after it): that key, and the shell command that writes it as the 32 raw bytes."""
     raw = _raw(path)
     if raw is None:
         return None
-    text = raw.strip()
-    candidates = [raw[: vault.KEY_BYTES], text]
+    quoted = shlex.quote(str(path))
+    rewrite = f"umask 077; {{}} {quoted} > {quoted}.raw && mv {quoted}.raw {quoted}"
+    forms = [(raw[: vault.KEY_BYTES], f"truncate -s {vault.KEY_BYTES} {quoted}")]
     with contextlib.suppress(ValueError):
-        candidates.append(bytes.fromhex(text.decode("ascii")))
+        forms.append((bytes.fromhex(raw.strip().decode("ascii")), rewrite.format("xxd -r -p")))
     with contextlib.suppress(ValueError):
-        candidates.append(base64.b64decode(text, validate=True))
-    for candidate in candidates:
-        if len(candidate) == vault.KEY_BYTES and vault.fingerprint(candidate) == expected:
-            return candidate
+        forms.append((base64.b64decode(raw.strip(), validate=True), rewrite.format("base64 -d")))
+    for key, command in forms:
+        if len(key) == vault.KEY_BYTES and vault.fingerprint(key) == expected:
+            return key, command
     return None
 
 
@@ -246,13 +256,13 @@ async def _replace_lost_key(
     except vault.InsecureKeyStoreError as exc:  # it may well be the right key: not lost
         raise vault.InsecureKeyStoreError(f"{exc.message}; nothing was replaced") from None
     path = vault.key_file_path(config)
+    found = None
     if key is None and config.vault.source == "file":
-        key = _written_as_text(path, current.fingerprint)
-    if key is not None and vault.fingerprint(key) == current.fingerprint:
-        as_text = config.vault.source == "file" and key != _raw(path)
+        found = _recoverable(path, current.fingerprint)
+    if found is not None or (key is not None and vault.fingerprint(key) == current.fingerprint):
         fix = (
-            "write it as the 32 raw bytes (the message of `appliance run` says how)"
-            if as_text
+            f"write it as the 32 raw bytes with `{found[1]}`"
+            if found is not None
             else "run `appliance init` without --replace-lost-vault-key"
         )
         raise errors.StateError(

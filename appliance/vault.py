@@ -167,10 +167,10 @@ def _shape(key: bytes) -> str:
         return "is empty"
     text = key.strip()
     if len(text) == 2 * KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in text):
-        return f"has {len(key)} bytes: it is a key written as hex text (`xxd -r -p` decodes it)"
+        return f"has {len(key)} bytes: it is a key written as hex text"
     with contextlib.suppress(binascii.Error, ValueError):
         if len(base64.b64decode(text, validate=True)) == KEY_BYTES:
-            return f"has {len(key)} bytes: it is a key written as base64 (`base64 -d` decodes it)"
+            return f"has {len(key)} bytes: it is a key written as base64 text"
     if len(text) == KEY_BYTES:
         return f"has {len(key)} bytes: a line ending or spaces were added to it"
     return f"has {len(key)} bytes"

@@ -603,7 +603,7 @@ def _service_account(run_as: str | None, state_dir: Path) -> _Account:
     user = run_as or "appliance"
     raise errors.RunAsRootError(
         f"the daemon runs as root and PostgreSQL refuses to, and {reason}. Create the service "
-        f"user (useradd --system --home-dir {state_dir} --shell /usr/sbin/nologin {user}), "
+        f"user (`useradd --system --home-dir {state_dir} --shell /usr/sbin/nologin {user}`), "
         "or set database.embedded_user (APPLIANCE_DATABASE__EMBEDDED_USER) to an existing "
         "unprivileged user, or run the daemon as a non-root user."
     )
@@ -622,7 +622,7 @@ def _check_reachable(path: Path, account: _Account) -> None:
         if not status.st_mode & bit:
             raise errors.ConfigError(
                 f"the embedded Postgres runs as {account.name}, which cannot enter {directory} "
-                f"(mode {stat.filemode(status.st_mode)}); allow it (chmod o+x {directory}) "
+                f"(mode {stat.filemode(status.st_mode)}); allow it (`chmod o+x {directory}`) "
                 "or choose a state_dir it can reach"
             )
 

@@ -109,8 +109,8 @@ class TestInit:
         self, recorded: Recorded, database_dsn: str, tmp_path: Path, shape: str
     ) -> None:
         """The key file stays as it was (or absent); the error names the key expected and says
-        how to restore it and how to replace a lost one (or, for an exposed key, how to make it
-        private again)."""
+        how to restore it and how to replace a lost one (for an exposed key, how to make it
+        private again; for the key in another form, how to rewrite it)."""
         keys.SHAPES[shape](recorded.path, recorded.key)
         before = sorted(p.name for p in recorded.path.parent.iterdir())
         content = recorded.path.read_bytes() if recorded.path.is_file() else None
@@ -119,7 +119,11 @@ class TestInit:
         assert result.code == 78, result.stderr
         line = error_line(result)
         assert recorded.fingerprint in line
-        fix = "`ch" if shape in keys.EXPOSED else "`appliance init --replace-lost-vault-key`"
+        fix = "`appliance init --replace-lost-vault-key`"
+        if shape in keys.EXPOSED:
+            fix = "`ch"
+        elif shape in keys.RECOVERABLE:
+            fix = "write it as the 32 raw bytes with `"
         assert fix in line
         assert sorted(p.name for p in recorded.path.parent.iterdir()) == before
         assert (recorded.path.read_bytes() if recorded.path.is_file() else None) == content

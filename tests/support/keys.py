@@ -90,3 +90,7 @@ if os.geteuid() == 0:  # only root can give a file away
     SHAPES["owned by another user"] = owned_by_another_user
 # The key is there but others could read it: the fix is chmod or chown, not a lost key.
 EXPOSED = frozenset({"readable by others", "readable by its group", "owned by another user"})
+# The key is there in another form: the fix rewrites it as the raw bytes.
+RECOVERABLE = frozenset(
+    {"written as hex", "written as base64", "line ending added", "one byte long"}
+)

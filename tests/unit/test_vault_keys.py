@@ -89,8 +89,8 @@ class TestKeyFile:
         ("shape", "said"),
         [
             ("empty", "is empty"),
-            ("written as hex", "a key written as hex text (`xxd -r -p` decodes it)"),
-            ("written as base64", "a key written as base64 (`base64 -d` decodes it)"),
+            ("written as hex", "a key written as hex text"),
+            ("written as base64", "a key written as base64 text"),
             ("line ending added", "a line ending or spaces were added to it"),
         ],
     )
