@@ -1,4 +1,4 @@
-"""The embedded Postgres: the cluster the daemon owns in its state directory when no DSN is set.
+"""The embedded Postgres: the cluster of the state directory, used when no DSN is set.
 
 Layout under the state directory:
 
