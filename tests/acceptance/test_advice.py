@@ -181,8 +181,7 @@ class TestClusterAdvice:
     async def test_the_signing_secret_the_daemon_asks_for(
         self, short_dir: Path, tmp_path: Path
     ) -> None:
-        """No daemon can start until the source's secret is set, and setting it needs no
-        daemon: the command `run` prints works as it stands, and then `run` starts."""
+        """The `secrets set` that `run` asks for works with no daemon; then `run` starts."""
         box = embedded_box(tmp_path, short_dir / "state")
         assert (await box.cli("init")).code == 0
         box.overrides |= {
@@ -278,8 +277,7 @@ class TestVaultAdvice:
         assert await box.run() is None
 
     async def test_a_credential_outside_its_unit(self, key_box: tuple[Box, Path, bytes]) -> None:
-        """`LoadCredentialEncrypted=NAME:FILE`: what systemd then does (the credential in
-        $CREDENTIALS_DIRECTORY) lets the daemon start."""
+        """With the credential in $CREDENTIALS_DIRECTORY, as the unit line gives it, it starts."""
         box, path, _ = key_box
         box.overrides |= {"vault.source": "credential", "vault.credential": path.name}
         said = await box.refused()

@@ -136,8 +136,7 @@ class TestBesideADaemon:
     async def test_commands_while_a_daemon_starts_all_work(
         self, initialised: Path, tmp_path: Path
     ) -> None:
-        """Commands racing a starting daemon each succeed; the daemon gets ready and, at its
-        clean stop, stops the cluster."""
+        """Commands racing a starting daemon succeed; its clean stop then stops the cluster."""
         commands = [("tenants", "list"), ("secrets", "list"), ("task", "list"), ("audit", "verify")]
         starting = asyncio.create_task(
             daemon.start(None, tmp_path, overrides=embedded(initialised))
@@ -170,8 +169,7 @@ class TestAfterAKill:
     async def test_the_next_daemon_stops_the_cluster_a_killed_one_left(
         self, initialised: Path, tmp_path: Path
     ) -> None:
-        """kill -9 leaves Postgres running; a new daemon takes it over, and its clean stop
-        leaves no Postgres process of the state directory."""
+        """kill -9, a new daemon, a clean stop: no Postgres process of the state dir is left."""
         first = await daemon.start(None, tmp_path, name="first", overrides=embedded(initialised))
         await first.kill()
         assert postgres_processes(initialised) != []

@@ -108,9 +108,7 @@ class TestInit:
     async def test_init_never_writes_a_key_over_a_recorded_one(
         self, recorded: Recorded, database_dsn: str, tmp_path: Path, shape: str
     ) -> None:
-        """The key file stays as it was (or absent); the error names the key expected and says
-        how to restore it and how to replace a lost one (for an exposed key, how to make it
-        private again; for the key in another form, how to rewrite it)."""
+        """The key file is left as it was; the error names the key expected and the fix."""
         keys.SHAPES[shape](recorded.path, recorded.key)
         before = sorted(p.name for p in recorded.path.parent.iterdir())
         content = recorded.path.read_bytes() if recorded.path.is_file() else None
@@ -131,8 +129,7 @@ class TestInit:
     async def test_replacing_a_lost_key_deletes_the_secrets_sealed_under_it(
         self, db: dbpool.Pool, recorded: Recorded, database_dsn: str, tmp_path: Path
     ) -> None:
-        """--replace-lost-vault-key: a new key file, the old one kept beside it, the secrets
-        that cannot be opened any more deleted and listed; the daemon starts again."""
+        """A new key, the old file kept, the sealed secrets deleted and listed; run works."""
         box = await vault.open_vault(db, recorded.key)
         await vault.set_secret(
             db,

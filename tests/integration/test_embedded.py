@@ -253,8 +253,7 @@ class TestClusterUsers:
     async def test_a_server_whose_user_was_killed_is_taken_over_and_stopped(
         self, fresh_state_dir: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """kill -9 of the process using it leaves it running; the next user takes it over
-        (and says so) and stops it when it leaves."""
+        """After a kill -9 of its user, the next user takes it over and stops it on leaving."""
         cluster = embedded.EmbeddedPostgres(fresh_state_dir, run_as=RUN_AS)
         async with another_user(fresh_state_dir) as user:
             pid = postmaster_pid(cluster)
