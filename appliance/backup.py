@@ -150,7 +150,7 @@ async def create(config: settings.Settings) -> Listed:
     with _private_directory(target) as work:
         dump = work / DUMP
         async with (
-            connection.open_database(config, start_cluster=True, pool_size=2) as db,
+            connection.open_database(config, pool_size=2) as db,
             db.pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
@@ -308,7 +308,7 @@ async def restore(config: settings.Settings, path: Path, *, replace: bool = Fals
             )
         key = _matching_key(config, manifest, path)
         async with (
-            connection.open_database(config, start_cluster=True, pool_size=2) as db,
+            connection.open_database(config, create_cluster=True, pool_size=2) as db,
             db.pool.acquire() as conn,
         ):
             others = await dbbackup.count_other_sessions(conn)

@@ -19,7 +19,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from appliance import approvals, demo, errors, health, leases, outbox, settings, systemd, vault
+from appliance import (
+    approvals,
+    demo,
+    errors,
+    health,
+    leases,
+    master_key,
+    outbox,
+    settings,
+    systemd,
+    vault,
+)
 from appliance.agents import actions, loop
 from appliance.agents import client as agent_client
 from appliance.db import connection, migrations
@@ -77,8 +88,9 @@ async def _run(config: settings.Settings, options: Options) -> int:
         )
         await console.start()
     try:
-        async with connection.open_database(config, start_cluster=True) as db:
+        async with connection.open_database(config, create_cluster=True) as db:
             await _prepare_schema(db, options, readiness)
+            await master_key.check_at_start(db.pool, config)  # a recorded key must be there
             # The signing secrets in the vault, before any work starts: a missing one is exit 78.
             verifiers = await credentials.read_verifiers(db.pool, config)
             async with _node_name(config, db) as node:

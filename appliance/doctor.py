@@ -14,7 +14,7 @@ import os
 import pwd
 from typing import Literal
 
-from appliance import backup, errors, settings, vault
+from appliance import backup, errors, master_key, settings, vault
 from appliance.db import audit as dbaudit
 from appliance.db import connection, embedded, migrations
 from appliance.db import outbox as dboutbox
@@ -226,7 +226,7 @@ async def _outbox(db: connection.Database) -> Check:
 
 async def _database(config: settings.Settings) -> list[Check]:
     try:
-        async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+        async with connection.open_database(config, pool_size=2) as db:
             checks = [Check("database", True, "reachable")]
             async with db.pool.acquire() as conn:
                 status = await migrations.status(conn)
@@ -260,18 +260,52 @@ async def _database(config: settings.Settings) -> list[Check]:
             else:
                 checks.append(Check("audit chain", True, "verifies"))
             checks.append(await _outbox(db))
+            checks.append(await check_vault(config, db.pool))
             checks.append(await check_secret_rotation(db.pool))
             checks.extend(await _vault_signing_secrets(config, db.pool))
             return checks
     except errors.ApplianceError as exc:
-        return [
-            Check(
-                "database",
-                False,
-                exc.message,
-                "start the daemon (embedded Postgres) or check database.url",
-            )
-        ]
+        fix = "" if config.embedded else "check database.url (APPLIANCE_DATABASE__URL)"
+        return [Check("database", False, exc.message, fix)]
+
+
+async def check_vault(config: settings.Settings, pool: dbpool.Pool) -> Check:
+    """The vault line: the key present, its mode, its fingerprint against the recorded one, and
+    how many secrets are overdue for rotation."""
+    state = await master_key.inspect(pool, config)
+    overdue = len(await vault.overdue_secrets(pool))
+    late = f"{overdue} secret(s) overdue for rotation" if overdue else "no secret overdue"
+    mode = f" (mode {state.mode})" if state.mode else ""
+    if state.expected is None:
+        found = state.problem or f"{state.where}{mode} holds a key no vault records"
+        return Check(
+            "vault",
+            False,
+            f"not initialised, tools get no secrets: {found}",
+            state.fix,
+            severity="warn",
+        )
+    version = f"key version {state.expected.key_version}"
+    if state.problem:
+        return Check(
+            "vault",
+            False,
+            f"{state.problem}; expected fingerprint {state.expected.fingerprint} ({version})",
+            state.fix,
+        )
+    if state.fix:
+        return Check(
+            "vault",
+            False,
+            f"{state.where}{mode} holds a key of fingerprint {state.fingerprint}, expected "
+            f"{state.expected.fingerprint} ({version}): the daemon will not start",
+            state.fix,
+        )
+    return Check(
+        "vault",
+        True,
+        f"{state.where}{mode}, fingerprint {state.fingerprint} matches {version}; {late}",
+    )
 
 
 async def check_secret_rotation(pool: dbpool.Pool) -> Check:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -472,29 +474,72 @@ def config_path(explicit: Path | None, environ: Mapping[str, str]) -> tuple[Path
 
 
 def load(explicit: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, merge and validate the configuration; raise ConfigError naming file, key, reason."""
+    """Read, merge and validate the configuration; raise ConfigError naming file, key, reason.
+
+    No error message carries a value of a secret field or of an unknown key (a misspelt
+    `api_kye = "sk-..."` is a secret all the same), and none chains the parser's own error,
+    whose text quotes the input.
+    """
     env = os.environ if environ is None else environ
     path, named = config_path(explicit, env)
     data: dict[str, Any] = {}
     if path.exists():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise errors.ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        except OSError as exc:
-            raise errors.ConfigError(f"{path}: cannot be read: {exc.strerror}") from exc
+        data = _read_file(path)
     elif named:
         raise errors.ConfigError(f"{path}: the config file does not exist")
-    origins = _apply_env(data, env)
+    origins, not_json = _apply_env(data, env)
     try:
         return Settings.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise errors.ConfigError(_describe(exc, path if path.exists() else None, origins)) from exc
+        where = path if path.exists() else None
+        raise errors.ConfigError(_describe(exc, data, where, origins, not_json)) from None
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """Fold APPLIANCE_* overrides into data; return {dotted key: env var} for error messages."""
+def _read_file(path: Path) -> dict[str, Any]:
+    """The TOML document in `path`; errors give the position and the reason, never the text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise errors.ConfigError(f"{path}: not valid TOML {_toml_reason(str(exc))}") from None
+
+
+# Parser messages whose quoted parts are the parser's own punctuation, not the input's.
+_TOML_OWN_WORDS = (
+    "Expected '=' after a key",
+    "Expected ']' at the end",
+    "Expected ']]' at the end",
+    "Unescaped '\\' in a string",
+)
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_TOML_POSITION = re.compile(
+    r"^(?P<reason>.*) \((?P<where>at (?:line \d+, column \d+|end of document))\)$"
+)
+
+
+def _toml_reason(message: str) -> str:
+    """`at line L, column C: reason`, with whatever the parser quoted from the input cut out."""
+    found = _TOML_POSITION.match(message)
+    reason, where = (found["reason"], found["where"] + ": ") if found else (message, "")
+    if not reason.startswith(_TOML_OWN_WORDS):
+        reason = _QUOTED.sub("(not shown)", reason)
+    return f"{where}{reason}"
+
+
+def _apply_env(
+    data: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Fold APPLIANCE_* overrides into data.
+
+    Returns {dotted key: env var} and {dotted key: why its JSON does not parse}, for messages.
+    """
     origins: dict[str, str] = {}
+    not_json: dict[str, str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "APPLIANCE_CONFIG":
             continue
@@ -503,34 +548,147 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, st
         for part in parts[:-1]:
             child = target.setdefault(part, {})
             if not isinstance(child, dict):
-                raise errors.ConfigError(f"{name}: {part} is not a section")
+                raise errors.ConfigError(
+                    f"environment variable {name}: {_key_name(part)} is not a section"
+                )
             target = child
-        target[parts[-1]] = _env_value(raw)
-        origins[".".join(parts)] = name
-    return origins
+        dotted = ".".join(parts)
+        target[parts[-1]], problem = _env_value(raw)
+        origins[dotted] = name
+        if problem:
+            not_json[dotted] = problem
+    return origins, not_json
 
 
-def _env_value(raw: str) -> Any:
-    """Lists and tables are JSON; scalars stay strings for pydantic to convert by field type
-    (so a numeric-looking node name stays text)."""
+def _env_value(raw: str) -> tuple[Any, str]:
+    """(value, why it is not JSON). Lists and tables are JSON; scalars stay strings for pydantic
+    to convert by field type (so a numeric-looking node name stays text); a value that looks
+    like JSON but does not parse stays text too, and the reason is kept for the message."""
     if raw.lstrip().startswith(("[", "{")):
         try:
-            return json.loads(raw)
+            return json.loads(raw), ""
+        except json.JSONDecodeError as exc:
+            return raw, f"not valid JSON at column {exc.colno}: {exc.msg}"
         except ValueError:
-            return raw
-    return raw
+            return raw, "not valid JSON"
+    return raw, ""
 
 
-def _describe(exc: pydantic.ValidationError, path: Path | None, origins: dict[str, str]) -> str:
+def _describe(
+    exc: pydantic.ValidationError,
+    data: Mapping[str, Any],
+    path: Path | None,
+    origins: Mapping[str, str],
+    not_json: Mapping[str, str],
+) -> str:
+    """One line per error: where (file or variable), the key, the reason; no secret in any."""
+    hidden = _hidden_values(data, Settings)
     lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        where = f"{path}" if path else "defaults"
-        if key in origins:
-            where = f"environment variable {origins[key]}"
-        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        dotted = ".".join(str(p) for p in err["loc"])
+        key = ".".join(_key_name(str(p)) for p in err["loc"]) or "(top level)"
+        where = _where(dotted, path, origins)
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key"
+        else:
+            reason = _withheld(err["msg"].removeprefix("Value error, "), hidden)
+        if dotted in not_json:
+            reason = f"{reason} ({not_json[dotted]})"
         lines.append(f"{where}: {key}: {reason}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _where(dotted: str, path: Path | None, origins: Mapping[str, str]) -> str:
+    """The variables that set the key, a section around it or keys within it; else the file."""
+    names = sorted(
+        name
+        for key, name in origins.items()
+        if key == dotted or dotted.startswith(f"{key}.") or key.startswith(f"{dotted}.")
+    )
+    if len(names) == 1:
+        return f"environment variable {names[0]}"
+    if names:
+        return f"environment variables {', '.join(names)}"
+    return f"{path}" if path else "defaults"
+
+
+# A key as people write them: a lower-case word of at most 32 characters with few digits.
+# Anything else in a key's place (a token pasted as a key) is not shown.
+_PLAIN_KEY = re.compile(r"[A-Za-z_][a-z0-9_.-]{0,31}|[0-9]{1,4}")
+_MOST_DIGITS = 3
+_WINDOW = 8  # a reason sharing this many characters in a row with a secret is withheld
+
+
+def _key_name(part: str) -> str:
+    """A key as written, unless it does not look like a key (a value pasted in its place)."""
+    if _PLAIN_KEY.fullmatch(part) and (
+        part.isdigit() or sum(map(str.isdigit, part)) <= _MOST_DIGITS
+    ):
+        return part
+    return f"(a key of {len(part)} characters, not shown)"
+
+
+def _withheld(reason: str, hidden: set[str]) -> str:
+    """The reason, unless it carries a hidden value or a piece of one."""
+    for value in hidden:
+        width = min(len(value), _WINDOW)
+        if any(value[i : i + width] in reason for i in range(len(value) - width + 1)):
+            return "not valid (the reason would show a secret value, so it is not shown)"
+    return reason
+
+
+def _hidden_values(value: Any, model: type[pydantic.BaseModel] | None) -> set[str]:
+    """Every scalar (as text, 4 characters or more) given to a secret field or an unknown key,
+    or in place of a section that holds secrets."""
+    if model is None:
+        return {text for text in _scalars(value) if len(text) >= 4}
+    if isinstance(value, list | tuple):
+        return set().union(*(_hidden_values(item, model) for item in value))
+    if not isinstance(value, Mapping):
+        return _hidden_values(value, None) if _holds_secrets(model) else set()
+    found: set[str] = set()
+    for key, item in value.items():
+        field = model.model_fields.get(str(key))
+        if field is None or _is_secret(field.annotation):
+            found |= _hidden_values(item, None)
+        elif (section := _section_of(field.annotation)) is not None:
+            found |= _hidden_values(item, section)
+    return found
+
+
+def _scalars(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        return [text for item in value.values() for text in _scalars(item)]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _scalars(item)]
+    return [str(value)]
+
+
+def _type_arguments(annotation: Any) -> list[Any]:
+    """The annotation and every type nested in it (unions, tuples, lists, dicts)."""
+    found = [annotation]
+    for argument in typing.get_args(annotation):
+        found.extend(_type_arguments(argument))
+    return found
+
+
+def _is_secret(annotation: Any) -> bool:
+    return any(t is pydantic.SecretStr for t in _type_arguments(annotation))
+
+
+def _section_of(annotation: Any) -> type[pydantic.BaseModel] | None:
+    for candidate in _type_arguments(annotation):
+        if isinstance(candidate, type) and issubclass(candidate, pydantic.BaseModel):
+            return candidate
+    return None
+
+
+def _holds_secrets(model: type[pydantic.BaseModel]) -> bool:
+    for field in model.model_fields.values():
+        section = _section_of(field.annotation)
+        if _is_secret(field.annotation) or (section is not None and _holds_secrets(section)):
+            return True
+    return False
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

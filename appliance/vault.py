@@ -38,10 +38,11 @@ import hmac
 import json
 import logging
 import os
+import pwd
 import re
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -155,9 +156,24 @@ def new_key() -> bytes:
 def _check_key_length(key: bytes, where: str) -> bytes:
     if len(key) != KEY_BYTES:
         raise MasterKeyMissingError(
-            f"vault master key from {where} has {len(key)} bytes, expected {KEY_BYTES}"
+            f"vault master key from {where} {_shape(key)}, expected {KEY_BYTES} raw bytes"
         )
     return key
+
+
+def _shape(key: bytes) -> str:
+    """What a key of the wrong length looks like (never any of its bytes)."""
+    if not key:
+        return "is empty"
+    text = key.strip()
+    if len(text) == 2 * KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in text):
+        return f"has {len(key)} bytes: it is a key written as hex text"
+    with contextlib.suppress(binascii.Error, ValueError):
+        if len(base64.b64decode(text, validate=True)) == KEY_BYTES:
+            return f"has {len(key)} bytes: it is a key written as base64 text"
+    if len(text) == KEY_BYTES:
+        return f"has {len(key)} bytes: a line ending or spaces were added to it"
+    return f"has {len(key)} bytes"
 
 
 def check_private_file(path: Path) -> None:
@@ -169,7 +185,7 @@ def check_private_file(path: Path) -> None:
     except OSError as exc:
         raise MasterKeyMissingError(f"vault key file {path} cannot be read: {exc}") from exc
     if not stat.S_ISREG(info.st_mode):
-        raise InsecureKeyStoreError(f"vault key file {path} is not a regular file")
+        raise MasterKeyMissingError(f"vault key file {path} is not a regular file")
     if info.st_mode & 0o077:
         raise InsecureKeyStoreError(
             f"vault key file {path} has mode {stat.S_IMODE(info.st_mode):04o}: group or others "
@@ -178,8 +194,15 @@ def check_private_file(path: Path) -> None:
     if info.st_uid != os.geteuid():
         raise InsecureKeyStoreError(
             f"vault key file {path} is owned by uid {info.st_uid}, not by the daemon's user "
-            f"(uid {os.geteuid()}); run `chown` on it to the daemon's user"
+            f"(uid {os.geteuid()}); run `chown {_user_name(os.geteuid())} {path}`"
         )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def read_key_file(path: Path) -> bytes:
@@ -321,8 +344,14 @@ def load_master_key(
 
 def configured_key(config: settings.Settings) -> bytes:
     """The master key from the source `config.vault` names (key file: <state_dir>/vault.key)."""
-    path = config.vault.key_file or config.state_dir / "vault.key"
-    return load_master_key(config.vault.source, path=path, credential=config.vault.credential)
+    return load_master_key(
+        config.vault.source, path=key_file_path(config), credential=config.vault.credential
+    )
+
+
+def key_file_path(config: settings.Settings) -> Path:
+    """The key file of source `file`: `vault.key_file`, else <state_dir>/vault.key."""
+    return config.vault.key_file or config.state_dir / "vault.key"
 
 
 # --- encryption ---------------------------------------------------------------------------
@@ -405,11 +434,13 @@ async def open_vault(
     *,
     previous_keys: Iterable[bytes] = (),
     initialise: bool = False,
+    where: str = "configured source",
 ) -> Vault:
     """The vault for `key`, which must be the current version recorded in Postgres (T16).
 
     With `initialise` (for `appliance init`) and no version recorded yet, `key` becomes
     version 1. `previous_keys` lets older versions be read; each must match a recorded one.
+    `where` names the key's source in errors.
     """
     _check_key_length(key, "vault")
     offered = fingerprint(key)
@@ -422,19 +453,7 @@ async def open_vault(
             )
         await dbvault.register_first_vault_key(pool, offered)
         versions = await dbvault.list_vault_keys(pool)
-    current = next((v for v in versions if v.retired_at is None), versions[-1])
-    if offered != current.fingerprint:
-        known = {v.fingerprint: v.key_version for v in versions}
-        hint = (
-            f"it is retired key version {known[offered]}; use the key that replaced it"
-            if offered in known
-            else "it matches no recorded key version"
-        )
-        raise KeyMismatchError(
-            f"vault master key has fingerprint {offered}, expected {current.fingerprint} "
-            f"(key version {current.key_version}): {hint}. Restore the right key to its source"
-            " (keyring, credential or key file); never re-initialise, or the secrets are lost"
-        )
+    current = match_key(offered, versions, where)
     keys = {current.key_version: key}
     by_print = {v.fingerprint: v.key_version for v in versions}
     for old in previous_keys:
@@ -449,6 +468,45 @@ async def open_vault(
         extra={"event": "vault.opened", "key_version": current.key_version, "fingerprint": offered},
     )
     return Vault(keys, current=current.key_version)
+
+
+def current_key_version(versions: Sequence[dbvault.VaultKey]) -> dbvault.VaultKey:
+    return next((v for v in versions if v.retired_at is None), versions[-1])
+
+
+def match_key(offered: str, versions: Sequence[dbvault.VaultKey], where: str) -> dbvault.VaultKey:
+    """The current version when `offered` is its fingerprint; KeyMismatchError otherwise."""
+    current = current_key_version(versions)
+    if offered == current.fingerprint:
+        return current
+    known = {v.fingerprint: v.key_version for v in versions}
+    hint = (
+        f"it is retired key version {known[offered]}; use the key that replaced it"
+        if offered in known
+        else "it matches no recorded key version"
+    )
+    raise KeyMismatchError(
+        f"vault master key in the {where} has fingerprint {offered}, expected "
+        f"{current.fingerprint} (key version {current.key_version}): {hint}. Restore the right "
+        "key there; never re-initialise (if the key is lost, "
+        "`appliance init --replace-lost-vault-key` deletes every secret sealed under it)"
+    )
+
+
+async def recorded_keys(pool: dbpool.Pool) -> list[dbvault.VaultKey]:
+    """Every key version recorded (fingerprints only), oldest first; empty: never initialised."""
+    return await dbvault.list_vault_keys(pool)
+
+
+async def forget_lost_key(pool: dbpool.Pool, new_fingerprint: str, *, actor: str) -> list[str]:
+    """The current key is lost: delete every secret (audited per tenant, by scope) and record
+    `new_fingerprint` as the next key version, in one transaction; the deleted scopes."""
+    async with pool.acquire() as conn, conn.transaction():
+        await dbvault.lock_current_vault_key(conn)
+        lost = await dbvault.delete_lost_secrets(conn, actor=actor)
+        await dbvault.retire_vault_keys(conn)
+        await dbvault.add_vault_key(conn, new_fingerprint)
+    return lost
 
 
 async def rotate_master_key(

@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from appliance import __version__, errors, launchd, models, settings
 from appliance.cli import agents as agent_commands
@@ -26,6 +26,9 @@ from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
+
+if TYPE_CHECKING:
+    from appliance import vault
 
 Handler = Callable[[argparse.Namespace, settings.Settings], Coroutine[Any, Any, int]]
 TAILNET_KEY_INTEGRATION = "tailscale"  # the vault scope of the tailnet auth key
@@ -41,11 +44,16 @@ def _task_dict(task: models.Task) -> dict[str, Any]:
 
 async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
     """Config file, state directory, database, migrations, default tenant; safe to repeat."""
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    async with connection.open_database(config, start_cluster=True) as db:
+    if not config.embedded:  # else the cluster makes it, traversable by its Postgres user
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    async with connection.open_database(config, create_cluster=True) as db:
         async with db.pool.acquire() as conn:
             applied = await migrations.migrate(conn)
-        vault_state = await agent_commands.init_vault(config, db.pool)
+        initialised = await agent_commands.init_vault(
+            config, db.pool, replace_lost_key=args.replace_lost_vault_key
+        )
+        box = initialised.vault
+        vault_state = f"key version {box.current_version}, fingerprint {box.fingerprint}"
         created = await dbtenants.create_tenant(
             db.pool,
             tenant_id=config.default_tenant,
@@ -54,7 +62,7 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         )
         stored_key = None
         if args.tailnet_auth_key_file is None:
-            stored_key = await _stored_tailnet_key(config, db)
+            stored_key = await _stored_tailnet_key(config, db, box)
         where = f"embedded cluster in {db.cluster.data_dir}" if db.cluster else "configured server"
     tailnet = None
     if args.tailnet_auth_key_file is not None:
@@ -73,6 +81,7 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         "default_tenant": config.default_tenant,
         "tenant_created": created,
         "vault": vault_state,
+        "vault_secrets_lost": list(initialised.lost),
     }
     if args.json:
         output.emit_json(result)
@@ -83,6 +92,8 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         output.out(f"migrations    {', '.join(result['migrations_applied']) or 'up to date'}")
         output.out(f"tenant        {config.default_tenant} ({'created' if created else 'exists'})")
         output.out(f"vault         {vault_state}")
+        if initialised.lost:
+            output.out(f"lost secrets  {', '.join(initialised.lost)} (set them again)")
         if tailnet is not None:
             output.out(f"tailnet       {tailnet['state']} as {tailnet['name']} {tailnet['ips']}")
     return 0
@@ -104,7 +115,9 @@ async def cmd_exposure_check(args: argparse.Namespace, config: settings.Settings
     return 0
 
 
-async def _stored_tailnet_key(config: settings.Settings, db: connection.Database) -> bytes | None:
+async def _stored_tailnet_key(
+    config: settings.Settings, db: connection.Database, box: vault.Vault
+) -> bytes | None:
     """The tailnet auth key kept in the vault (`appliance secrets set tailscale auth-key`), if any.
 
     It belongs to the box, so it lives in the default tenant's scope (the tenant `init` creates
@@ -112,7 +125,6 @@ async def _stored_tailnet_key(config: settings.Settings, db: connection.Database
     """
     from appliance import vault
 
-    box = await vault.open_vault(db.pool, vault.configured_key(config))
     try:
         return await vault.read_secret(
             db.pool,
@@ -163,7 +175,7 @@ async def cmd_run(args: argparse.Namespace, config: settings.Settings) -> int:
 async def cmd_migrate(args: argparse.Namespace, config: settings.Settings) -> int:
     """Apply pending migrations (or print their SQL)."""
     async with (
-        connection.open_database(config, start_cluster=True, pool_size=2) as db,
+        connection.open_database(config, create_cluster=True, pool_size=2) as db,
         db.pool.acquire() as conn,
     ):
         if args.print_sql:
@@ -239,7 +251,7 @@ async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -
     run_after = None
     if args.delay is not None:
         run_after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.delay)
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         await validation.known_tenant(db.pool, tenant)
         if args.workflow == loop.WORKFLOW:
             await validation.agent_task(db.pool, tenant, task_input)
@@ -265,7 +277,7 @@ async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -
 
 async def cmd_task_list(args: argparse.Namespace, config: settings.Settings) -> int:
     """The newest tasks."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         tasks = await dbtasks.list_tasks(
             db.pool, tenant_id=args.tenant, state=args.state, limit=args.limit
         )
@@ -295,7 +307,7 @@ async def cmd_task_list(args: argparse.Namespace, config: settings.Settings) -> 
 
 async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> int:
     """A task with its steps (durations) and attempts."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         task = await dbtasks.get_task(db.pool, args.task_id)
         if task is None:
             raise errors.NotFoundError(f"no task {args.task_id}")
@@ -348,7 +360,7 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
 
 async def cmd_task_cancel(args: argparse.Namespace, config: settings.Settings) -> int:
     """Cancel a task (a running one stops at its next step boundary)."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         result = await dbtasks.cancel_task(db.pool, task_id=args.task_id, actor=output.actor())
     if result is None:
         raise errors.NotFoundError(f"no task {args.task_id}")
@@ -365,7 +377,7 @@ async def cmd_task_cancel(args: argparse.Namespace, config: settings.Settings) -
 
 async def cmd_task_retry(args: argparse.Namespace, config: settings.Settings) -> int:
     """Requeue a failed or cancelled task; it resumes from its last checkpoint."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         result = await dbtasks.retry_task(
             db.pool, task_id=args.task_id, actor=output.actor(), attempts=config.engine.max_attempts
         )
@@ -385,7 +397,7 @@ async def cmd_task_retry(args: argparse.Namespace, config: settings.Settings) ->
 
 async def cmd_audit_verify(args: argparse.Namespace, config: settings.Settings) -> int:
     """Check every hash chain; name the first broken entry."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         entries, chains = await dbaudit.count_audit_entries(db.pool)
         breaks = await dbaudit.find_chain_breaks(db.pool)
     if args.json:
@@ -405,7 +417,7 @@ async def cmd_audit_verify(args: argparse.Namespace, config: settings.Settings) 
 
 async def cmd_audit_show(args: argparse.Namespace, config: settings.Settings) -> int:
     """A task's audit entries."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         entries = await dbaudit.list_chain(db.pool, f"task:{args.task_id}")
     if not entries:
         raise errors.NotFoundError(f"no audit entries for task {args.task_id}")
@@ -421,7 +433,7 @@ async def cmd_audit_show(args: argparse.Namespace, config: settings.Settings) ->
 
 async def cmd_tenants_add(args: argparse.Namespace, config: settings.Settings) -> int:
     """Create a tenant."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         created = await dbtenants.create_tenant(
             db.pool,
             tenant_id=args.tenant_id,
@@ -437,7 +449,7 @@ async def cmd_tenants_add(args: argparse.Namespace, config: settings.Settings) -
 
 async def cmd_tenants_list(args: argparse.Namespace, config: settings.Settings) -> int:
     """Every tenant."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         found = await dbtenants.list_tenants(db.pool)
     if args.json:
         output.emit_json([output.fields(t) for t in found])
@@ -494,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate, add the default tenant",
     )
     init.add_argument("--state-dir", type=Path, help="state directory written into a new config")
+    init.add_argument(
+        "--replace-lost-vault-key",
+        action="store_true",
+        help="the vault's master key is lost for good: delete every secret sealed under it "
+        "(they cannot be opened) and start a new key (the old key file is kept beside it)",
+    )
     init.add_argument(
         "--tailnet-auth-key-file",
         type=Path,

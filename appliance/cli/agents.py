@@ -6,12 +6,15 @@ import argparse
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from appliance import errors, settings
 from appliance.cli import arguments, output, validation
 from appliance.db import connection
 from appliance.db import tasks as dbtasks
+
+if TYPE_CHECKING:
+    from appliance import master_key
 
 
 async def cmd_agents_apply(args: argparse.Namespace, config: settings.Settings) -> int:
@@ -20,7 +23,7 @@ async def cmd_agents_apply(args: argparse.Namespace, config: settings.Settings) 
 
     definition = definitions.load(args.file)
     tenant = args.tenant or config.default_tenant
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         await validation.known_tenant(db.pool, tenant)
         await validation.agent_definition(db.pool, config, definition, args.file)
         version, created = await definitions.apply(
@@ -41,7 +44,7 @@ async def cmd_agents_list(args: argparse.Namespace, config: settings.Settings) -
     from appliance.db import agents as dbagents
 
     tenant = args.tenant or config.default_tenant
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         found = await dbagents.list_agents(db.pool, tenant_id=tenant)
         if not found:
             await validation.known_tenant(db.pool, tenant)
@@ -62,7 +65,7 @@ async def cmd_agents_show(args: argparse.Namespace, config: settings.Settings) -
     """One version of an agent (the newest by default)."""
     from appliance.db import agents as dbagents
 
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         agent = await dbagents.get_agent(
             db.pool,
             tenant_id=args.tenant or config.default_tenant,
@@ -86,7 +89,7 @@ async def cmd_prices_set(args: argparse.Namespace, config: settings.Settings) ->
     from appliance.agents import costs
 
     start = args.effective_from or dt.datetime.now(dt.UTC).date()
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         price = await costs.set_price(
             db.pool,
             model=args.model,
@@ -106,7 +109,7 @@ async def cmd_prices_list(args: argparse.Namespace, config: settings.Settings) -
     """Every price row (history included)."""
     from appliance.agents import costs
 
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         found = await costs.list_prices(db.pool, model=args.model)
     if args.json:
         output.emit_json([output.fields(p) for p in found])
@@ -122,7 +125,7 @@ async def cmd_cost(args: argparse.Namespace, config: settings.Settings) -> int:
     """The cost ledger summed by tenant, agent, model, day or task, with the cache saving."""
     from appliance.agents import costs
 
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         rows = await costs.cost_report(db.pool, by=args.by, since=args.since, tenant_id=args.tenant)
         if not rows and args.tenant is not None:
             await validation.known_tenant(db.pool, args.tenant)
@@ -179,7 +182,7 @@ async def cmd_docs_add(args: argparse.Namespace, config: settings.Settings) -> i
             what = "not a file or folder" if path.exists() else "no such file or folder"
             raise errors.InputError(f"docs add {path}: {what}")
     tenant = args.tenant or config.default_tenant
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         report = await documents.add_documents(
             db.pool, tenant_id=tenant, collection=args.collection, paths=args.paths
         )
@@ -213,7 +216,7 @@ async def cmd_policy_apply(args: argparse.Namespace, config: settings.Settings) 
     except OSError as exc:
         raise errors.InputError(f"{args.file}: cannot be read: {exc.strerror}") from exc
     tenant = args.tenant or config.default_tenant
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         version, created = await policies.apply_policy(
             db.pool, tenant_id=tenant, document_text=text, actor=output.actor()
         )
@@ -229,7 +232,7 @@ async def cmd_policy_show(args: argparse.Namespace, config: settings.Settings) -
     """A version of the tenant's policy (the newest by default), one setting a line."""
     from appliance.db import policies
 
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         found = await policies.get_policy(
             db.pool, tenant_id=args.tenant or config.default_tenant, version=args.version
         )
@@ -248,7 +251,7 @@ async def cmd_policy_diff(args: argparse.Namespace, config: settings.Settings) -
     from appliance.db import policies
 
     tenant = args.tenant or config.default_tenant
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         first = await policies.get_policy(db.pool, tenant_id=tenant, version=args.a)
         second = await policies.get_policy(db.pool, tenant_id=tenant, version=args.b)
     diff = policies.diff_policies(first, second)
@@ -261,21 +264,16 @@ async def cmd_policy_diff(args: argparse.Namespace, config: settings.Settings) -
     return 0
 
 
-def _vault_key(config: settings.Settings) -> bytes:
-    from appliance import vault
+async def init_vault(
+    config: settings.Settings, pool: Any, *, replace_lost_key: bool
+) -> master_key.Initialised:
+    """`init`: register the configured key (creating a key file while none is recorded), or
+    replace a lost one; never writes a key over an initialised vault otherwise."""
+    from appliance import master_key
 
-    return vault.configured_key(config)
-
-
-async def init_vault(config: settings.Settings, pool: Any) -> str:
-    """`init`: create the key file (source `file`) if missing and register its fingerprint."""
-    from appliance import vault
-
-    path = config.vault.key_file or config.state_dir / "vault.key"
-    if config.vault.source == "file" and not path.exists():
-        vault.create_key_file(path)
-    opened = await vault.open_vault(pool, _vault_key(config), initialise=True)
-    return f"key version {opened.current_version}, fingerprint {opened.fingerprint}"
+    return await master_key.initialise(
+        pool, config, replace_lost_key=replace_lost_key, actor=output.actor()
+    )
 
 
 def _secret_value(args: argparse.Namespace) -> bytes:
@@ -302,13 +300,13 @@ def _done(args: argparse.Namespace, tenant: str, result: str) -> None:
 
 async def cmd_secrets_set(args: argparse.Namespace, config: settings.Settings) -> int:
     """Store a secret (the value from stdin or --from-file, never the command line)."""
-    from appliance import vault
+    from appliance import master_key, vault
 
     value = _secret_value(args)
     tenant = args.tenant or config.default_tenant
     every = dt.timedelta(days=args.rotate_every_days) if args.rotate_every_days else None
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
-        opened = await vault.open_vault(db.pool, _vault_key(config))
+    async with connection.open_database(config, pool_size=2) as db:
+        opened = await master_key.open_configured(db.pool, config)
         created = await vault.set_secret(
             db.pool,
             opened,
@@ -326,12 +324,12 @@ async def cmd_secrets_set(args: argparse.Namespace, config: settings.Settings) -
 
 async def cmd_secrets_rotate(args: argparse.Namespace, config: settings.Settings) -> int:
     """Give a secret a new value (stdin or --from-file); its rotation clock restarts."""
-    from appliance import vault
+    from appliance import master_key, vault
 
     value = _secret_value(args)
     tenant = args.tenant or config.default_tenant
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
-        opened = await vault.open_vault(db.pool, _vault_key(config))
+    async with connection.open_database(config, pool_size=2) as db:
+        opened = await master_key.open_configured(db.pool, config)
         await vault.rotate_secret(
             db.pool,
             opened,
@@ -351,7 +349,7 @@ async def cmd_secrets_delete(args: argparse.Namespace, config: settings.Settings
     from appliance import vault
 
     tenant = args.tenant or config.default_tenant
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         await vault.delete_secret(
             db.pool,
             tenant_id=tenant,
@@ -369,7 +367,7 @@ async def cmd_secrets_list(args: argparse.Namespace, config: settings.Settings) 
     from appliance import vault
 
     tenant = args.tenant or config.default_tenant
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         found = await vault.list_secrets(db.pool, tenant_id=tenant)
         if not found:
             await validation.known_tenant(db.pool, tenant)
@@ -390,7 +388,7 @@ async def cmd_budgets_set(args: argparse.Namespace, config: settings.Settings) -
     usd = args.usd
     tenant = args.tenant or config.default_tenant
     scope: Literal["month", "task"] = "task" if args.task is not None or args.per_task else "month"
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         budget = await costs.set_budget(
             db.pool,
             tenant_id=tenant,

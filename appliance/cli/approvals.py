@@ -47,7 +47,7 @@ def _tally(approval: approvals.Approval) -> str:
 
 async def cmd_approvals_list(args: argparse.Namespace, config: settings.Settings) -> int:
     """Pending requests, soonest deadline first (--all: every request, newest first)."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         found = await approvals.list_requests(
             db.pool,
             tenant_id=args.tenant,
@@ -89,7 +89,7 @@ async def cmd_approvals_list(args: argparse.Namespace, config: settings.Settings
 
 async def cmd_approvals_show(args: argparse.Namespace, config: settings.Settings) -> int:
     """One request: what, why, the arguments, the risk class, its state, deadline and votes."""
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         approval = await approvals.get(db.pool, args.approval_id)
     if args.json:
         output.emit_json(_data(approval))
@@ -128,7 +128,7 @@ def _print(approval: approvals.Approval) -> None:
 
 
 async def _decide(args: argparse.Namespace, config: settings.Settings, *, approve: bool) -> int:
-    async with connection.open_database(config, start_cluster=False, pool_size=2) as db:
+    async with connection.open_database(config, pool_size=2) as db:
         approval = await approvals.decide(
             db.pool,
             approval_id=args.approval_id,

@@ -29,25 +29,22 @@ def cluster_of(config: settings.Settings) -> embedded.EmbeddedPostgres:
 
 @contextlib.asynccontextmanager
 async def open_database(
-    config: settings.Settings, *, start_cluster: bool, pool_size: int | None = None
+    config: settings.Settings, *, create_cluster: bool = False, pool_size: int | None = None
 ) -> AsyncIterator[Database]:
-    """A pool on the configured database; with `start_cluster`, the embedded cluster is started
-    if needed (and stopped again afterwards if this call started it)."""
-    cluster = cluster_of(config) if config.embedded else None
-    started_here = False
-    if cluster is not None:
-        if start_cluster:
-            started_here = not await cluster.is_running()
-            await cluster.start()
-        elif not await cluster.is_running():
-            raise errors.DatabaseUnavailableError(
-                f"the embedded Postgres in {config.state_dir} is not running; "
-                "start the daemon (`appliance run`) or run `appliance init`"
-            )
-        dsn = cluster.dsn()
-    else:
-        dsn = pool.dsn_of(config.database)
-    try:
+    """A pool on the configured database.
+
+    The embedded cluster is started if it is not running, whether or not a daemon runs, and
+    stopped again afterwards unless another process (a daemon, another command) still uses it
+    (`embedded.EmbeddedPostgres.use`). Only with `create_cluster` (init, migrate, the daemon)
+    is a cluster initialised where there is none.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = cluster_of(config) if config.embedded else None
+        if cluster is not None:
+            await stack.enter_async_context(cluster.use(create=create_cluster))
+            dsn = cluster.dsn()
+        else:
+            dsn = pool.dsn_of(config.database)
         try:
             opened = await pool.create_pool(
                 dsn,
@@ -60,10 +57,5 @@ async def open_database(
             raise errors.DatabaseUnavailableError(
                 f"Postgres at {pool.describe_dsn(dsn)} cannot be reached: {exc.__cause__}"
             ) from exc
-        try:
-            yield Database(dsn, opened, cluster)
-        finally:
-            await opened.close()
-    finally:
-        if cluster is not None and started_here:
-            await cluster.stop()
+        stack.push_async_callback(opened.close)
+        yield Database(dsn, opened, cluster)

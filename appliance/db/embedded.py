@@ -1,4 +1,4 @@
-"""The embedded Postgres: the cluster the daemon owns in its state directory when no DSN is set.
+"""The embedded Postgres: the cluster of the state directory, used when no DSN is set.
 
 Layout under the state directory:
 
@@ -10,8 +10,20 @@ Authentication is `trust`. That is safe only because of two facts kept here: the
 on no TCP address at all, and only the owner of `run/` (and root) can reach its socket.
 
 Postgres refuses to run as root, so a daemon running as root runs initdb and pg_ctl as an
-unprivileged user (`database.embedded_user`). pg_ctl detaches the server, so it outlives a
-daemon killed with kill -9; the next `start()` finds it running and reuses it.
+unprivileged user (`database.embedded_user`).
+
+Who stops it: every process that uses the cluster (the daemon, and each operator command run
+while no daemon is) holds a shared flock(2) on `postgres.users` for as long as it does, taken
+through `use()`. The cluster is started and stopped only under the exclusive flock on
+`postgres.lock`, and the process that leaves it last stops it; one that finds the users' lock
+free but the server running takes it over (its previous user was killed: the kernel dropped
+that process's locks) and stops it in turn. So the server that pg_ctl detaches, and that
+outlives a daemon killed with kill -9, is stopped by the next daemon's clean exit, or right
+after the next operator command when no daemon runs; a cluster another live process uses is
+never stopped under it.
+
+    postgres.lock   held while the server is started or stopped (holds that process's pid)
+    postgres.users  held (shared) by every process using the server
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import pwd
@@ -27,7 +40,7 @@ import shlex
 import stat
 import subprocess
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -43,6 +56,8 @@ COMMAND_TIMEOUT = 60.0
 PG_CTL_WAIT = 60  # pg_ctl -t; its subprocess gets longer, so pg_ctl reports the timeout itself
 CONNECT_TIMEOUT = 10.0
 LOG_TAIL_LINES = 20
+LOCK_WAIT = 2 * PG_CTL_WAIT + 60  # another process's start or stop takes at most about this
+_LOCK_POLL = 0.05
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # pg_ctl hands the data directory and log path (in double quotes) and the -o options (ours in
@@ -67,6 +82,62 @@ class _Account:
 class _Result:
     returncode: int
     output: str
+
+
+class _FileLock:
+    """A flock(2) on a file of the state directory; the kernel drops it when its process dies.
+
+    Locks are per open file: two of these on one file conflict even within one process.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            try:
+                self._fd = os.open(self.path, flags, 0o600)
+            except OSError as exc:
+                raise errors.NotAllowedError(
+                    f"cannot open the lock file {self.path}: {exc.strerror}; run the command as "
+                    "the user the daemon runs as"
+                ) from exc
+        return self._fd
+
+    def try_lock(self, mode: int) -> bool:
+        """Take the lock (fcntl.LOCK_SH or LOCK_EX) if no other holder prevents it."""
+        try:
+            fcntl.flock(self._open(), mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    async def lock(self, mode: int, *, what: str) -> None:
+        """Take the lock, waiting up to LOCK_WAIT seconds; LockedError after that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOCK_WAIT
+        while not self.try_lock(mode):
+            if loop.time() >= deadline:
+                holder = self.path.read_text(encoding="ascii", errors="replace").strip()
+                raise errors.LockedError(
+                    f"{what}: process {holder or '(unknown)'} has held {self.path} for over "
+                    f"{LOCK_WAIT} s; try again once it is done"
+                )
+            await asyncio.sleep(_LOCK_POLL)
+
+    def write_holder(self) -> None:
+        """Note this process's pid in the file, for the message of whoever waits."""
+        fd = self._open()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def close(self) -> None:
+        """Release the lock (closing the file releases it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class EmbeddedPostgres:
@@ -109,48 +180,139 @@ class EmbeddedPostgres:
     def log_path(self) -> Path:
         return self._state_dir / "postgres.log"
 
+    @property
+    def lock_path(self) -> Path:
+        return self._state_dir / "postgres.lock"
+
+    @property
+    def users_path(self) -> Path:
+        return self._state_dir / "postgres.users"
+
     def dsn(self) -> str:
         """The libpq URL asyncpg connects with: the socket directory, no TCP."""
         host = urllib.parse.quote(str(self.socket_dir), safe="/")
         return f"postgresql://{self._role}@/{self._database}?host={host}"
 
     async def start(self) -> None:
-        """Initialise the cluster if new, start it unless running, create the database if needed."""
-        async with self._lock:
-            self._find_binaries()
-            account = self._account()
-            self._prepare_directories(account)
-            if (self.data_dir / "PG_VERSION").exists():
-                await self._check_major_version()
-            else:
-                await self._initdb()
-            if await self._running():
-                logger.info(
-                    "reusing the running Postgres in %s",
-                    self.data_dir,
-                    extra={"event": "postgres.reused", "data_dir": str(self.data_dir)},
-                )
-            else:
-                await self._pg_ctl_start()
-            await self._ensure_database()
+        """Initialise the cluster if new, start it unless running, create the database if needed.
+
+        A start for this process alone: nothing stops the server at its end (see `use()`).
+        """
+        self._make_state_dir()
+        async with self._exclusive("start"):
+            await self._start(create=True, orphan=False)
 
     async def stop(self) -> None:
-        """Stop the server (fast shutdown) if it is running."""
+        """Stop the server (fast shutdown) if it is running, whoever uses it."""
+        if not self._state_dir.is_dir():
+            return
+        async with self._exclusive("stop"):
+            await self._stop()
+
+    @contextlib.asynccontextmanager
+    async def use(self, *, create: bool) -> AsyncIterator[None]:
+        """The running server for the block: started if needed, and stopped after it unless
+        another live process still uses it.
+
+        Without `create`, a state directory with no cluster yet is a ConfigError that says to
+        run `appliance init` (an operator command does not initdb one by accident).
+        """
+        if not create and not (self.data_dir / "PG_VERSION").exists():
+            raise self._not_initialised()
+        self._make_state_dir()
+        share = _FileLock(self.users_path)
+        try:
+            async with self._exclusive("start"):
+                await self._start(create=create, orphan=self._join(share))
+        except BaseException:
+            with contextlib.suppress(errors.ApplianceError):
+                await self._leave(share)
+            raise
+        try:
+            yield
+        finally:
+            await self._leave(share)
+
+    def _join(self, share: _FileLock) -> bool:
+        """Take a shared users' lock; True when no other process held one (under the start/stop
+        lock, the only one under which exclusive users' locks are taken: granted at once)."""
+        alone = share.try_lock(fcntl.LOCK_EX)
+        if not share.try_lock(fcntl.LOCK_SH):
+            raise errors.LockedError(f"cannot take a shared lock on {self.users_path}")
+        return alone
+
+    def _not_initialised(self) -> errors.ConfigError:
+        return errors.ConfigError(
+            f"there is no embedded Postgres cluster in {self._state_dir} yet; "
+            "run `appliance init` first"
+        )
+
+    async def _leave(self, share: _FileLock) -> None:
+        """Stop using the server; stop it when no other process uses it."""
+        try:
+            async with self._exclusive("stop"):
+                # Not atomic (flock(2)): a failed upgrade may drop the shared lock, which is
+                # being given up anyway.
+                if share.try_lock(fcntl.LOCK_EX):
+                    await self._stop()
+        finally:
+            share.close()
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, action: str) -> AsyncIterator[None]:
+        """This process alone starts or stops the server (the lock of every process)."""
         async with self._lock:
-            if not await self._running():
-                return
-            args = ("-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(PG_CTL_WAIT), "stop")
-            result = await self._run("pg_ctl", *args, time_limit=PG_CTL_WAIT + 15)
-            if result.returncode != 0 and await self._running():
-                raise errors.DependencyError(
-                    f"pg_ctl could not stop the Postgres in {self.data_dir} "
-                    f"(exit {result.returncode}): {result.output.strip()}"
+            mutex = _FileLock(self.lock_path)
+            try:
+                await mutex.lock(
+                    fcntl.LOCK_EX, what=f"cannot {action} the embedded Postgres in {self.data_dir}"
                 )
+                mutex.write_holder()
+                yield
+            finally:
+                mutex.close()
+
+    async def _start(self, *, create: bool, orphan: bool) -> None:
+        self._find_binaries()
+        account = self._account()
+        self._prepare_directories(account)
+        if (self.data_dir / "PG_VERSION").exists():
+            await self._check_major_version()
+        elif create:
+            await self._initdb()
+        else:
+            raise self._not_initialised()
+        if not await self._running():
+            await self._pg_ctl_start()
+        elif orphan:
             logger.info(
-                "stopped the Postgres in %s",
+                "took over the running Postgres in %s: the process that used it is gone",
                 self.data_dir,
-                extra={"event": "postgres.stopped", "data_dir": str(self.data_dir)},
+                extra={"event": "postgres.adopted", "data_dir": str(self.data_dir)},
             )
+        else:
+            logger.info(
+                "reusing the running Postgres in %s",
+                self.data_dir,
+                extra={"event": "postgres.reused", "data_dir": str(self.data_dir)},
+            )
+        await self._ensure_database()
+
+    async def _stop(self) -> None:
+        if not await self._running():
+            return
+        args = ("-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(PG_CTL_WAIT), "stop")
+        result = await self._run("pg_ctl", *args, time_limit=PG_CTL_WAIT + 15)
+        if result.returncode != 0 and await self._running():
+            raise errors.DependencyError(
+                f"pg_ctl could not stop the Postgres in {self.data_dir} "
+                f"(exit {result.returncode}): {result.output.strip()}"
+            )
+        logger.info(
+            "stopped the Postgres in %s",
+            self.data_dir,
+            extra={"event": "postgres.stopped", "data_dir": str(self.data_dir)},
+        )
 
     async def is_running(self) -> bool:
         """Whether a server is running on the data directory (pg_ctl status)."""
@@ -273,11 +435,20 @@ class EmbeddedPostgres:
             return None
         return _service_account(self._run_as, self._state_dir)
 
+    def _make_state_dir(self) -> None:
+        """The state directory (for the lock files) if missing; as root, others may traverse it
+        only, so the Postgres user reaches its directories."""
+        if self._state_dir.is_dir():
+            return
+        try:
+            self._state_dir.mkdir(parents=True, mode=0o700 if os.geteuid() else 0o711)
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"cannot create the state directory {self._state_dir}: {exc.strerror}"
+            ) from exc
+
     def _prepare_directories(self, account: _Account | None) -> None:
         try:
-            if not self._state_dir.exists():
-                # As root, others may only traverse it, so the Postgres user reaches its dirs.
-                self._state_dir.mkdir(parents=True, mode=0o711 if account else 0o700)
             for directory in (self.data_dir, self.socket_dir):
                 directory.mkdir(mode=0o700, exist_ok=True)
                 directory.chmod(0o700)
@@ -432,7 +603,7 @@ def _service_account(run_as: str | None, state_dir: Path) -> _Account:
     user = run_as or "appliance"
     raise errors.RunAsRootError(
         f"the daemon runs as root and PostgreSQL refuses to, and {reason}. Create the service "
-        f"user (useradd --system --home-dir {state_dir} --shell /usr/sbin/nologin {user}), "
+        f"user (`useradd --system --home-dir {state_dir} --shell /usr/sbin/nologin {user}`), "
         "or set database.embedded_user (APPLIANCE_DATABASE__EMBEDDED_USER) to an existing "
         "unprivileged user, or run the daemon as a non-root user."
     )
@@ -451,7 +622,7 @@ def _check_reachable(path: Path, account: _Account) -> None:
         if not status.st_mode & bit:
             raise errors.ConfigError(
                 f"the embedded Postgres runs as {account.name}, which cannot enter {directory} "
-                f"(mode {stat.filemode(status.st_mode)}); allow it (chmod o+x {directory}) "
+                f"(mode {stat.filemode(status.st_mode)}); allow it (`chmod o+x {directory}`) "
                 "or choose a state_dir it can reach"
             )
 

@@ -233,3 +233,10 @@ async def audit_reencryption(
     """Record in the tenant's chain that `count` of its secrets moved to `key_version`."""
     with pool.translated():
         await conn.execute(_Q["audit_reencryption"], tenant_id, actor, key_version, count)
+
+
+async def delete_lost_secrets(conn: pool.Connection, *, actor: str) -> list[str]:
+    """Delete every secret, audited per tenant; their scopes as tenant/integration/workflow/name."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["delete_lost_secrets"], actor)
+    return [f"{r['tenant_id']}/{r['integration']}/{r['workflow']}/{r['name']}" for r in rows]

@@ -344,3 +344,52 @@ class TestWholeText:
         assert LONG_ERROR not in listed.stdout
         assert listed.stdout.splitlines()[1].endswith("...")
         assert "appliance task show ID" in listed.stderr
+
+
+CANARY = "sk-ant-api03-CliCanary0LEAKED1canary2LEAKED3"
+# Every command loads the config first; each must fail on it without a trace of the secret.
+CONFIG_LOADING_COMMANDS = (
+    ("config", "show"),
+    ("--json", "config", "show"),
+    ("doctor",),
+    ("run",),
+    ("init",),
+    ("task", "list"),
+    ("secrets", "list"),
+    ("-v", "tenants", "list"),
+)
+
+
+def assert_no_canary(result: daemon.Result) -> None:
+    """Exit 78, and not 8 characters of the canary in a row on stdout or stderr."""
+    assert result.code == 78, f"exit {result.code}\n{result.stdout}\n{result.stderr}"
+    said = result.stdout + result.stderr
+    leaked = [CANARY[i : i + 8] for i in range(len(CANARY) - 7) if CANARY[i : i + 8] in said]
+    assert not leaked, f"{leaked[:3]} of the secret in:\n{said}"
+
+
+class TestConfigErrorsKeepSecrets:
+    @pytest.mark.parametrize("command", CONFIG_LOADING_COMMANDS, ids=" ".join)
+    async def test_a_misspelt_secret_key_in_the_file_is_not_echoed(
+        self, tmp_path: Path, command: tuple[str, ...]
+    ) -> None:
+        """`api_kye = "sk-..."` is named as an unknown key; its value appears nowhere."""
+        config = tmp_path / "appliance.toml"
+        config.write_text(f'[model]\napi_kye = "{CANARY}"\n', encoding="utf-8")
+        result = await daemon.cli(*command, folder=tmp_path, config=config)
+        assert_no_canary(result)
+        assert "model.api_kye: unknown key" in result.stderr
+
+    @pytest.mark.parametrize("command", CONFIG_LOADING_COMMANDS, ids=" ".join)
+    async def test_a_bad_webhook_secret_in_an_override_is_not_echoed(
+        self, tmp_path: Path, command: tuple[str, ...]
+    ) -> None:
+        """A source whose inline secret is not a Standard Webhooks secret: named, not shown."""
+        sources = [{"tenant": "default", "name": "s", "workflow": "w", "secrets": [CANARY]}]
+        result = await daemon.cli(
+            *command,
+            folder=tmp_path,
+            overrides={"ingress.enabled": True, "ingress.sources": sources},
+        )
+        assert_no_canary(result)
+        assert "APPLIANCE_INGRESS__SOURCES" in result.stderr

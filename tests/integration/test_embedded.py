@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -169,3 +173,118 @@ class TestEmbeddedPostgres:
         """A database name that is not a plain lowercase identifier is a config error."""
         with pytest.raises(errors.ConfigError, match="database name"):
             embedded.EmbeddedPostgres(Path("/tmp/ape"), database='app"; DROP')
+
+
+USER_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from appliance.db import embedded
+
+async def main() -> None:
+    cluster = embedded.EmbeddedPostgres(Path(sys.argv[1]), run_as=sys.argv[2] or None)
+    async with cluster.use(create=True):
+        print("using", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def another_user(state_dir: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Another process using the cluster of `state_dir` (killed with SIGKILL at the end)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        USER_SCRIPT,
+        str(state_dir),
+        RUN_AS or "",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(50):
+            assert await process.stdout.readline() == b"using\n"
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+@pytest.fixture
+def fresh_state_dir() -> Iterator[Path]:
+    """A state directory for a cluster of the test's own, its server stopped at the end."""
+    path = make_state_dir()
+    try:
+        yield path
+    finally:
+        data = path / "postgres"
+        if (data / "postmaster.pid").exists():
+            pg_ctl = embedded.find_binaries() / "pg_ctl"
+            as_user = ["runuser", "-u", RUN_AS, "--"] if RUN_AS else []
+            subprocess.run(
+                [*as_user, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"],
+                check=False,
+                capture_output=True,
+            )
+        shutil.rmtree(path)
+
+
+class TestClusterUsers:
+    async def test_the_last_user_to_leave_stops_the_server(self, fresh_state_dir: Path) -> None:
+        """use() starts the server for its block and stops it after, when no one else uses it."""
+        cluster = embedded.EmbeddedPostgres(fresh_state_dir, run_as=RUN_AS)
+        async with cluster.use(create=True):
+            assert await cluster.is_running()
+        assert not await cluster.is_running()
+
+    async def test_a_server_another_process_uses_is_not_stopped(
+        self, fresh_state_dir: Path
+    ) -> None:
+        """Leaving while another live process uses the server leaves it running."""
+        cluster = embedded.EmbeddedPostgres(fresh_state_dir, run_as=RUN_AS)
+        async with another_user(fresh_state_dir):
+            async with cluster.use(create=True):
+                pass
+            assert await cluster.is_running()
+
+    async def test_a_server_whose_user_was_killed_is_taken_over_and_stopped(
+        self, fresh_state_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """After a kill -9 of its user, the next user takes it over and stops it on leaving."""
+        cluster = embedded.EmbeddedPostgres(fresh_state_dir, run_as=RUN_AS)
+        async with another_user(fresh_state_dir) as user:
+            pid = postmaster_pid(cluster)
+            user.kill()
+            await user.wait()
+        assert await cluster.is_running()
+        with caplog.at_level(logging.INFO, logger=embedded.__name__):
+            async with cluster.use(create=False):
+                assert postmaster_pid(cluster) == pid
+        assert "postgres.adopted" in [getattr(r, "event", None) for r in caplog.records]
+        assert not await cluster.is_running()
+
+    async def test_users_arriving_together_share_one_server(self, fresh_state_dir: Path) -> None:
+        """Three users at once: one server, stopped once all three have left."""
+        pids: list[int] = []
+
+        async def use_it(cluster: embedded.EmbeddedPostgres) -> None:
+            async with cluster.use(create=True):
+                pids.append(postmaster_pid(cluster))
+                await asyncio.sleep(0.5)
+
+        clusters = [embedded.EmbeddedPostgres(fresh_state_dir, run_as=RUN_AS) for _ in range(3)]
+        await asyncio.gather(*(use_it(c) for c in clusters))
+        assert len(set(pids)) == 1
+        assert not await clusters[0].is_running()
+
+    async def test_without_create_an_empty_state_dir_says_run_init(self, state_dir: Path) -> None:
+        """An operator command does not initdb a cluster: it says to run init, touching nothing."""
+        target = state_dir / "box"
+        cluster = embedded.EmbeddedPostgres(target, run_as=RUN_AS)
+        with pytest.raises(errors.ConfigError, match="run `appliance init` first"):
+            async with cluster.use(create=False):
+                pass
+        assert not target.exists()

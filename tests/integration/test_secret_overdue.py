@@ -159,9 +159,11 @@ class TestRotation:
 @pytest.mark.slow
 class TestDaemon:
     async def test_the_daemon_ships_the_event(
-        self, db: dbpool.Pool, box: vault.Vault, database_dsn: str, tmp_path: Path
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
     ) -> None:
         """A running daemon's periodic check emits the event and its relay ships it."""
+        key_file = tmp_path / "vault.key"
+        box = await vault.open_vault(db, vault.create_key_file(key_file), initialise=True)
         await scheduled(db, box, late=dt.timedelta(hours=1))
         shipped = tmp_path / "events.jsonl"
 
@@ -171,7 +173,7 @@ class TestDaemon:
             lines = [json.loads(line) for line in shipped.read_text().splitlines()]
             return [m for m in lines if m["type"] == "secret.overdue"] or None
 
-        overrides = {"vault.overdue_check_seconds": 0.2}
+        overrides = {"vault.overdue_check_seconds": 0.2, "vault.key_file": str(key_file)}
         async with daemon.running(database_dsn, tmp_path, overrides=overrides) as running:
             [message] = await daemon.wait_until(
                 announced, what="the secret.overdue event", daemons=[running]

@@ -197,7 +197,7 @@ class Daemon:
 
 
 async def start(
-    dsn: str,
+    dsn: str | None,
     folder: Path,
     *,
     name: str = "daemon",
@@ -205,7 +205,8 @@ async def start(
     overrides: Mapping[str, Any] | None = None,
     open_files: int | None = None,
 ) -> Daemon:
-    """Start `appliance run` and wait for its `daemon.ready` line.
+    """Start `appliance run` and wait for its `daemon.ready` line (no `dsn`: on the embedded
+    cluster of its state directory).
 
     It logs JSON at INFO, takes a free health port, ships outbox events to
     `<folder>/events.jsonl`, and knows the workflows of `tests.support.workflows`.
@@ -264,7 +265,7 @@ def _limit_files(count: int) -> None:
 
 @contextlib.asynccontextmanager
 async def running(
-    dsn: str,
+    dsn: str | None,
     folder: Path,
     *,
     name: str = "daemon",

@@ -180,3 +180,137 @@ class TestTemplate:
             else:
                 expected.add(name)
         assert expected <= shown
+
+
+# Secrets of several shapes, each written where a config error could echo it.
+CANARIES = (
+    "sk-ant-api03-Canary0LEAKED1canary2LEAKED3-abcdefghij",
+    "whsec_Q2FuYXJ5TEVBS0VEY2FuYXJ5TEVBS0VE",
+    "CanaryLeakedPassphraseWithoutDigits",
+    "postgresql://app:CanaryLeakedPw77@db.example:5432/leakydb",
+)
+# TOML documents that are invalid in one way each; {c} is where the secret goes.
+BROKEN_FILES = {
+    "misspelt key": '[model]\napi_kye = "{c}"\n',
+    "unknown top-level key": 'api_key = "{c}"\n',
+    "unknown section": '[modle]\napi_key = "{c}"\n',
+    "list for a secret": '[model]\napi_key = ["{c}"]\n',
+    "table for a secret": '[database]\nurl = {{ dsn = "{c}" }}\n',
+    "secret in place of a section": 'model = "{c}"\n',
+    "secret as a key": '[model]\n"{c}" = true\n',
+    "model check quoting the input": '[database]\nurl = "{c}"\nsocket_dir = "/run/pg"\n',
+    "webhook secret not base64": (
+        "[ingress]\nenabled = true\n[[ingress.sources]]\n"
+        'tenant = "default"\nname = "shop"\nworkflow = "w"\nsecrets = ["whsec_{c}!"]\n'
+    ),
+    "webhook secret and reference": (
+        '[ingress]\nenabled = true\n[[ingress.sources]]\ntenant = "default"\nname = "shop"\n'
+        'workflow = "w"\nsecrets = ["{c}"]\nsecret_ref = "webhook/shop"\n'
+    ),
+    "misspelt key of a source": (
+        "[ingress]\n[[ingress.sources]]\n"
+        'tenant = "default"\nname = "shop"\nworkflow = "w"\nsecret = "{c}"\n'
+    ),
+    "TOML: unquoted value": "[model]\napi_key = {c}\n",
+    "TOML: unterminated string": '[model]\napi_key = "{c}\n',
+    "TOML: control character in a string": '[model]\napi_key = "{c}\x01"\n',
+    "TOML: duplicate key": '[model]\napi_key = "{c}"\napi_key = "{c}"\n',
+    "TOML: duplicate inline key": 'model = {{ "{c}" = 1, "{c}" = 2 }}\n',
+}
+BROKEN_ENVIRONMENTS = {
+    "misspelt variable": {"APPLIANCE_MODEL__API_KYE": "{c}"},
+    "JSON that does not parse": {"APPLIANCE_MESH__ADVERTISE_TAGS": '["tag:{c}"'},
+    "sources whose JSON does not parse": {
+        "APPLIANCE_INGRESS__SOURCES": '[{{"tenant": "default", "secrets": ["{c}"]'
+    },
+    "a source with a bad secret": {
+        "APPLIANCE_INGRESS__SOURCES": '[{{"tenant": "default", "name": "shop", '
+        '"workflow": "w", "secrets": ["whsec_{c}!"]}}]'
+    },
+    "DSN and socket together": {
+        "APPLIANCE_DATABASE__URL": "{c}",
+        "APPLIANCE_DATABASE__SOCKET_DIR": "/run/pg",
+    },
+}
+
+
+def everything_said(exc: BaseException) -> str:
+    """The error's message and every message chained to it, as the CLI could print them."""
+    said = []
+    current: BaseException | None = exc
+    while current is not None:
+        said.append(str(current))
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return "\n".join(said)
+
+
+def assert_nothing_of(secret: str, text: str) -> None:
+    """Not the secret, nor any 8 characters of it in a row."""
+    pieces = [secret[i : i + 8] for i in range(len(secret) - 7)]
+    shown = [piece for piece in pieces if piece in text]
+    assert not shown, f"{shown[:3]} of the secret in:\n{text}"
+
+
+class TestSecretsInErrors:
+    @pytest.mark.parametrize("canary", CANARIES)
+    @pytest.mark.parametrize("case", sorted(BROKEN_FILES))
+    def test_a_broken_file_never_shows_a_secret(
+        self, tmp_path: Path, case: str, canary: str
+    ) -> None:
+        """Each kind of error in the file names the file, and no part of the secret."""
+        text = BROKEN_FILES[case].format(c=canary.replace('"', ""))
+        error = load_error(config(tmp_path, text), {})
+        said = everything_said(error)
+        assert_nothing_of(canary, said)
+        assert str(tmp_path / "appliance.toml") in said
+        assert error.exit_code == 78
+
+    @pytest.mark.parametrize("canary", CANARIES)
+    @pytest.mark.parametrize("case", sorted(BROKEN_ENVIRONMENTS))
+    def test_a_broken_override_never_shows_a_secret(
+        self, tmp_path: Path, case: str, canary: str
+    ) -> None:
+        """Each kind of error in an override names the variable, and no part of the secret."""
+        environ = {k: v.format(c=canary) for k, v in BROKEN_ENVIRONMENTS[case].items()}
+        said = everything_said(load_error(config(tmp_path), environ))
+        assert_nothing_of(canary, said)
+        assert any(name in said for name in environ)
+
+    def test_a_misspelt_key_is_still_named(self, tmp_path: Path) -> None:
+        """The key is named (it is not a value), and says it is unknown."""
+        message = str(load_error(config(tmp_path, BROKEN_FILES["misspelt key"].format(c="x")), {}))
+        assert "model.api_kye: unknown key" in message
+
+    def test_a_secret_written_as_a_key_is_not_named(self, tmp_path: Path) -> None:
+        """A token pasted in a key's place is counted, not shown."""
+        text = BROKEN_FILES["secret as a key"].format(c=CANARIES[0])
+        message = str(load_error(config(tmp_path, text), {}))
+        assert f"model.(a key of {len(CANARIES[0])} characters, not shown): unknown key" in message
+
+    def test_a_toml_error_gives_the_position(self, tmp_path: Path) -> None:
+        """A syntax error says where it is: line and column."""
+        text = BROKEN_FILES["TOML: unquoted value"].format(c=CANARIES[0])
+        message = str(load_error(config(tmp_path, text), {}))
+        assert "not valid TOML at line 2, column 11: Invalid value" in message
+
+    def test_json_that_does_not_parse_says_so(self, tmp_path: Path) -> None:
+        """An override that looks like JSON but does not parse says where it breaks."""
+        environ = {"APPLIANCE_ENGINE__WORKFLOW_MODULES": '["a", "b"'}
+        message = str(load_error(config(tmp_path), environ))
+        assert "APPLIANCE_ENGINE__WORKFLOW_MODULES" in message
+        assert "not valid JSON at column" in message
+
+    def test_a_non_secret_value_is_still_shown(self, tmp_path: Path) -> None:
+        """Reasons that quote a value of a field that is no secret keep it (they help)."""
+        message = str(load_error(config(tmp_path, '[mesh]\nallowed = ["sctp/9"]\n'), {}))
+        assert "'sctp/9' is not protocol/port" in message
+
+    def test_a_file_that_is_not_utf8_gives_the_position(self, tmp_path: Path) -> None:
+        """Bytes that are not UTF-8 are a config error with their offset, not a traceback."""
+        path = tmp_path / "appliance.toml"
+        path.write_bytes(b'[model]\napi_key = "' + CANARIES[0].encode() + b'\xff"\n')
+        said = everything_said(load_error(path, {}))
+        assert "not UTF-8 text (byte" in said
+        assert_nothing_of(CANARIES[0], said)

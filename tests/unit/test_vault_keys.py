@@ -15,6 +15,7 @@ import pytest
 from keyring.backends import SecretService, fail, null
 
 from appliance import errors, vault
+from tests.support import keys
 
 SCOPE = vault.Scope("acme", "github", "triage", "token")
 
@@ -83,6 +84,26 @@ class TestKeyFile:
         path.chmod(0o600)
         with pytest.raises(vault.MasterKeyMissingError, match="31 bytes"):
             vault.read_key_file(path)
+
+    @pytest.mark.parametrize(
+        ("shape", "said"),
+        [
+            ("empty", "is empty"),
+            ("written as hex", "a key written as hex text"),
+            ("written as base64", "a key written as base64 text"),
+            ("line ending added", "a line ending or spaces were added to it"),
+        ],
+    )
+    def test_a_key_of_the_wrong_shape_says_what_it_looks_like(
+        self, tmp_path: Path, shape: str, said: str
+    ) -> None:
+        """Empty, hex or base64 text, a line ending: named, with the 32 raw bytes expected."""
+        path = _key_file(tmp_path, 0o600)
+        keys.SHAPES[shape](path, path.read_bytes())
+        with pytest.raises(vault.MasterKeyMissingError) as caught:
+            vault.read_key_file(path)
+        assert said in caught.value.message
+        assert "expected 32 raw bytes" in caught.value.message
 
     def test_create_key_file_is_private(self, tmp_path: Path) -> None:
         """A created key file has mode 0600 and holds the key returned."""

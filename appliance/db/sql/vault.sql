@@ -152,3 +152,23 @@ UPDATE appliance.secrets SET key_version = $2, ciphertext = $3, updated_at = now
 SELECT appliance.audit_append('tenant:' || $1::text, $1::text, NULL, $2, 'vault.reencrypted',
                               jsonb_build_object('key_version', $3::integer,
                                                  'secrets', $4::integer));
+
+-- name: delete_lost_secrets
+-- Delete every secret (the key they were sealed under is lost), audited per tenant by scope.
+WITH deleted AS (
+    DELETE FROM appliance.secrets
+    RETURNING tenant_id, integration, workflow, name
+), audited AS (
+    SELECT d.tenant_id,
+           appliance.audit_append('tenant:' || d.tenant_id, d.tenant_id, NULL, $1,
+                                  'vault.lost_secrets_deleted',
+                                  jsonb_build_object('secrets', jsonb_agg(
+                                      d.integration || '/' || d.workflow || '/' || d.name
+                                      ORDER BY d.integration, d.workflow, d.name))) AS seq
+      FROM deleted d
+     GROUP BY d.tenant_id
+)
+SELECT d.tenant_id, d.integration, d.workflow, d.name
+  FROM deleted d
+  JOIN audited a ON a.tenant_id = d.tenant_id AND a.seq IS NOT NULL
+ ORDER BY d.tenant_id, d.integration, d.workflow, d.name;
