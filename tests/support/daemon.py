@@ -224,7 +224,7 @@ async def start(
 
 
 async def spawn(
-    dsn: str,
+    dsn: str | None,
     folder: Path,
     *,
     name: str = "daemon",
