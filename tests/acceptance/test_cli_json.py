@@ -23,7 +23,7 @@ from appliance.db import policies
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from tests.support import cli as cli_world
-from tests.support import daemon, workflows
+from tests.support import daemon, postgres, workflows
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -212,7 +212,11 @@ CASES: dict[tuple[str, ...], Case] = {
     ("approvals", "show"): prepared(_approvals_show),
     ("approvals", "approve"): prepared(_approvals_approve),
     ("approvals", "deny"): prepared(_approvals_deny),
+    ("backup", "create"): static("backup", "create"),
+    ("backup", "list"): static("backup", "list"),
 }
+# Commands with a test of their own below (they need more than the world).
+SEPARATE = {("backup", "restore")}
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -241,7 +245,7 @@ def assert_one_document(result: daemon.Result) -> Any:
 class TestEveryCommand:
     def test_every_command_has_a_case(self) -> None:
         """The table below covers exactly the commands the CLI has."""
-        assert set(commands(cli.build_parser())) == set(CASES)
+        assert set(commands(cli.build_parser())) == set(CASES) | SEPARATE
 
     @pytest.mark.parametrize("command", sorted(CASES), ids=" ".join)
     async def test_json_output_parses(
@@ -261,6 +265,21 @@ class TestEveryCommand:
         data = assert_one_document(result)
         if command == ("exposure-check",):
             assert data["passed"] is (result.code == 0)
+
+
+class TestRestore:
+    async def test_backup_restore_prints_one_document(
+        self, world: cli_world.World, server_dsn: str
+    ) -> None:
+        """`backup restore --json` into an empty database (the daemon stopped, as it must be)
+        prints what it brought back as one document."""
+        made = assert_one_document(await world.cli("--json", "backup", "create"))
+        async with postgres.fresh_database(server_dsn, "appliance_cli_restore") as empty:
+            target = dataclasses.replace(world, dsn=empty)
+            result = await target.cli("--json", "backup", "restore", made["path"])
+        assert result.code == 0, result.stderr
+        data = assert_one_document(result)
+        assert data["schema_version"] == made["schema_version"]
 
 
 class TestValues:
