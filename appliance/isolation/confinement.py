@@ -11,7 +11,8 @@ afterwards; the address-space limit comes last so it does not squeeze the set-up
    everything in it when the call's first process ends or the supervisor ends the call: no
    process a call starts outlives it, whatever it forks, setsid()s or ignores.
 3. `private_proc`: a /proc of that namespace, so the call sees no process but its own (not the
-   daemon's command line, not its environment, not another call).
+   daemon's command line, not its environment, not another call); where the kernel refuses one
+   (a hardened unit's ProtectKernelTunables=), an empty /proc: the call sees no process at all.
 4. `no_new_privs`: nothing the process executes gains privileges; Landlock and seccomp need it.
 5. One Landlock ruleset. `landlock_fs`: every write-type right of the host's ABI is denied but
    beneath `scratch_dir` (and on `/dev/null`); reading and executing stay allowed, since the

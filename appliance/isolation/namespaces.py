@@ -22,7 +22,8 @@ with its parent (the daemon) and the init with the waiter (PR_SET_PDEATHSIG).
 
 `mount_proc()`: a /proc of the new PID namespace over the host's, so the call sees its own
 processes only. The kernel refuses it where part of the host's /proc is covered by another
-mount (systemd's ProtectKernelTunables= and ProtectKernelLogs= do that).
+mount (systemd's ProtectKernelTunables= and ProtectKernelLogs= do that, as the shipped unit
+does); there an empty, read-only tmpfs covers /proc instead, and the call sees no process.
 """
 
 from __future__ import annotations
@@ -196,8 +197,12 @@ def _staged(directory: str, text: str) -> int:
 
 
 def mount_proc() -> None:
-    """A /proc showing this PID namespace only, over the host's."""
-    mount("proc", "/proc", "proc", _SEALED)
+    """A /proc showing this PID namespace only, over the host's; where the kernel refuses one
+    (module doc), an empty read-only /proc: the call then sees no process at all."""
+    try:
+        mount("proc", "/proc", "proc", _SEALED)
+    except PermissionError:
+        mount("tmpfs", "/proc", "tmpfs", _SEALED | MS_RDONLY, "mode=0555,size=4k")
 
 
 def enter_pid_namespace() -> None:

