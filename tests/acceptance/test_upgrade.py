@@ -1,9 +1,9 @@
-"""Upgrading a box in use: an older release installed, used, upgraded; then a downgrade refused.
+"""Upgrading a box in use: this release installed, used, upgraded; then a downgrade refused.
 
-The older release is this tree with a lower version in pyproject.toml and without its newest
-migration (which that release did not ship yet), built by the same build.sh. The upgrade must
-keep tasks, secrets and prices, apply exactly the one new migration (the others keep the time
-they were applied at), bring the service back, and leave every audit chain verifying.
+The later release is this tree with a higher version in pyproject.toml and one more migration
+(which this release does not ship), built by the same build.sh. The upgrade must keep tasks,
+secrets and prices, apply exactly the one new migration (the others keep the time they were
+applied at), bring the service back, and leave every audit chain verifying.
 """
 
 from __future__ import annotations
@@ -21,23 +21,30 @@ from tests.support import box, installed, package
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-OLDER = "0.0.1"
+NEWER = f"{package.version()}.post1"
 FOLDER = "/usr/share/doc/appliance"  # in the daemon's root (RootDirectory= binds /usr)
 SECRET = b"ghp_upgrade-canary"
 MIGRATIONS_SQL = "SELECT version, applied_at FROM appliance.schema_migrations ORDER BY version"
 
 
+PROBE_TABLE = "appliance.upgrade_probe"
+PROBE_SQL = "SELECT count(*) FROM appliance.upgrade_probe"
+
+
 @pytest.fixture(scope="module")
-def older(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Path:
-    """The .deb of the older release."""
+def newer(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Path:
+    """The .deb of the later release."""
     compared = subprocess.run(
-        ["dpkg", "--compare-versions", OLDER, "lt", package.version()], check=False
+        ["dpkg", "--compare-versions", NEWER, "gt", package.version()], check=False
     )
-    assert compared.returncode == 0, f"{OLDER} must be lower than {package.version()}"
-    tree = package.tree_with_version(
-        tmp_path_factory.mktemp("older") / "tree", OLDER, drop_migrations=1
+    assert compared.returncode == 0, f"{NEWER} must be higher than {package.version()}"
+    tree = package.newer_tree(
+        tmp_path_factory.mktemp("newer") / "tree",
+        NEWER,
+        f"CREATE TABLE {PROBE_TABLE} (made_at timestamptz NOT NULL DEFAULT now());\n"
+        f"INSERT INTO {PROBE_TABLE} DEFAULT VALUES;\n",
     )
-    return package.build(tmp_path_factory.mktemp("older-deb"), tree=tree)
+    return package.build(tmp_path_factory.mktemp("newer-deb"), tree=tree)
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
@@ -69,10 +76,10 @@ async def migrations(machine: box.Box) -> list[str]:
 
 class TestUpgrade:
     async def test_data_survives_and_the_new_migration_runs_once(
-        self, machine: box.Box, older: Path, deb: Path
+        self, machine: box.Box, deb: Path, newer: Path
     ) -> None:
         """Tasks, secrets, prices and audit chains survive; only the new migration runs."""
-        await install(machine, older)
+        await install(machine, deb)
         await installed.active(machine)
         submitted = await appliance(
             machine, "task", "submit", demo.WORKFLOW, "--input", json.dumps({"folder": FOLDER})
@@ -84,7 +91,7 @@ class TestUpgrade:
         await appliance(machine, "prices", "set", "box-model", "input", "3", "--from", "2025-01-01")
         applied_before = await migrations(machine)
 
-        upgraded = await install(machine, deb)
+        upgraded = await install(machine, newer)
         assert "refusing" not in upgraded.stderr
         await installed.active(machine)
         assert (await installed.readyz(machine))[0] == 200
@@ -97,20 +104,33 @@ class TestUpgrade:
         applied_after = await migrations(machine)
         assert len(applied_after) == len(applied_before) + 1  # one new row, each version once
         assert applied_after[: len(applied_before)] == applied_before  # the old ones untouched
+        probe = await machine.run(
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-XAtq",
+            "-d",
+            "appliance",
+            "-c",
+            PROBE_SQL,
+        )
+        assert probe.stdout.strip() == "1"  # the new migration ran, once
         verified = await appliance(machine, "audit", "verify", check=False)
         assert verified.code == 0, verified
         doctor = json.loads((await appliance(machine, "--json", "doctor", check=False)).stdout)
         vault_lines = [c for c in doctor if c["name"] in ("database", "schema")]
         assert all(c["ok"] for c in vault_lines), vault_lines
 
-    async def test_a_downgrade_is_refused(self, machine: box.Box, older: Path, deb: Path) -> None:
-        """Installing the older release over the newer fails, says why, and changes nothing."""
-        refused = await install(machine, older, check=False)
+    async def test_a_downgrade_is_refused(self, machine: box.Box, deb: Path, newer: Path) -> None:
+        """Installing this release over the later one fails, says why, and changes nothing."""
+        refused = await install(machine, deb, check=False)
         assert refused.code != 0
-        assert f"refusing to downgrade from {package.version()} to {OLDER}" in refused.stderr
+        assert f"refusing to downgrade from {NEWER} to {package.version()}" in refused.stderr
         status = await machine.run(
             "dpkg-query", "--showformat=${Version} ${Status}", "--show", "appliance"
         )
-        assert status.stdout == f"{package.version()} install ok installed"
+        assert status.stdout == f"{NEWER} install ok installed"
         await installed.active(machine)
         assert (await installed.readyz(machine))[0] == 200

@@ -71,9 +71,9 @@ def build(out: Path, tree: Path = ROOT, epoch: str = EPOCH) -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def tree_with_version(target: Path, new_version: str, *, drop_migrations: int = 0) -> Path:
-    """A copy of this tree whose pyproject.toml says `new_version` (an older release), without
-    its newest `drop_migrations` migrations (which that release did not have yet)."""
+def newer_tree(target: Path, new_version: str, migration: str) -> Path:
+    """A copy of this tree whose pyproject.toml says `new_version` (a later release) and which
+    ships one more migration, `migration` (SQL), after this tree's newest."""
     ignore = shutil.ignore_patterns(".venv", ".cache", "dist", ".git", "__pycache__", "*.pyc")
     shutil.copytree(ROOT, target, ignore=ignore)
     project = target / "pyproject.toml"
@@ -82,6 +82,10 @@ def tree_with_version(target: Path, new_version: str, *, drop_migrations: int = 
         text.replace(f'version = "{version()}"', f'version = "{new_version}"', 1),
         encoding="utf-8",
     )
-    for migration in sorted((target / "migrations").glob("*.sql"))[::-1][:drop_migrations]:
-        migration.unlink()
+    shipped = sorted((target / "migrations").glob("*.sql"))
+    number = int(shipped[-1].name[:4]) + 1
+    (target / "migrations" / f"{number:04d}_upgrade_probe.sql").write_text(
+        f"-- The later release's one new migration (tests/acceptance/test_upgrade.py)\n{migration}",
+        encoding="utf-8",
+    )
     return target
