@@ -1,14 +1,31 @@
-"""Session fixtures: a real Postgres, one fresh migrated database per session."""
+"""Session fixtures: a real Postgres, one fresh migrated database per session. The packaging
+tests run last, and what they need is built in the background meanwhile (support/prepare.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
 
 from appliance.db import pool as dbpool
 from appliance.db import tenants as dbtenants
-from tests.support import postgres
+from tests.support import package, postgres, prepare
+
+PACKAGING = frozenset({"test_package.py", "test_boot.py", "test_upgrade.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Packaging tests last (in their order), their builds started now if they will run."""
+    del config
+    items.sort(key=lambda item: item.path.name in PACKAGING)
+    if any(item.path.name in PACKAGING for item in items) and package.requirements() is None:
+        prepare.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    del session
+    prepare.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")

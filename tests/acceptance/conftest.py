@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import package
+from tests.support import package, prepare
 
 
 @pytest.fixture(scope="session")
@@ -15,4 +15,4 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     why = package.requirements()
     if why:
         pytest.skip(why)
-    return package.build(tmp_path_factory.mktemp("deb"))
+    return prepare.get("deb", tmp_path_factory.mktemp("deb"))

@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from tests.support import package
+from tests.support import package, prepare
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -38,7 +38,7 @@ def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 class TestBuild:
     def test_two_builds_are_byte_identical(self, deb: Path, tmp_path: Path) -> None:
         """Built again with the same SOURCE_DATE_EPOCH, the .deb has the same bytes."""
-        again = package.build(tmp_path)
+        again = prepare.get("deb-again", tmp_path)
         assert again.name == deb.name
         assert again.read_bytes() == deb.read_bytes()
 

@@ -17,17 +17,16 @@ import pytest
 import pytest_asyncio
 
 from appliance import demo
-from tests.support import box, installed, package
+from tests.support import box, installed, package, prepare
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-NEWER = f"{package.version()}.post1"
+NEWER = package.newer_version()
 FOLDER = "/usr/share/doc/appliance"  # in the daemon's root (RootDirectory= binds /usr)
 SECRET = b"ghp_upgrade-canary"
 MIGRATIONS_SQL = "SELECT version, applied_at FROM appliance.schema_migrations ORDER BY version"
 
 
-PROBE_TABLE = "appliance.upgrade_probe"
 PROBE_SQL = "SELECT count(*) FROM appliance.upgrade_probe"
 
 
@@ -38,13 +37,7 @@ def newer(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Path:
         ["dpkg", "--compare-versions", NEWER, "gt", package.version()], check=False
     )
     assert compared.returncode == 0, f"{NEWER} must be higher than {package.version()}"
-    tree = package.newer_tree(
-        tmp_path_factory.mktemp("newer") / "tree",
-        NEWER,
-        f"CREATE TABLE {PROBE_TABLE} (made_at timestamptz NOT NULL DEFAULT now());\n"
-        f"INSERT INTO {PROBE_TABLE} DEFAULT VALUES;\n",
-    )
-    return package.build(tmp_path_factory.mktemp("newer-deb"), tree=tree)
+    return prepare.get("newer", tmp_path_factory.mktemp("newer"))
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

@@ -20,6 +20,12 @@ WHEELHOUSE = ROOT / ".cache" / "wheelhouse"
 BUILD_SECONDS = 900.0
 TOOLS = ("dpkg-deb", "lintian", "shellcheck", "mmdebstrap", "systemd-nspawn", "nsenter")
 EPOCH = "1700000000"
+# The later release of the upgrade test: this tree, a higher version, one more migration.
+PROBE_TABLE = "appliance.upgrade_probe"
+PROBE_MIGRATION = (
+    f"CREATE TABLE {PROBE_TABLE} (made_at timestamptz NOT NULL DEFAULT now());\n"
+    f"INSERT INTO {PROBE_TABLE} DEFAULT VALUES;\n"
+)
 
 
 def requirements() -> str | None:
@@ -55,7 +61,8 @@ def ensure_wheelhouse() -> Path:
 
 
 def build(out: Path, tree: Path = ROOT, epoch: str = EPOCH) -> Path:
-    """Build the .deb of `tree` into `out`, offline; its path."""
+    """Build the .deb of `tree` into `out` (made if missing), offline; its path."""
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OUT": str(out), "WHEELHOUSE": str(ensure_wheelhouse())}
     env["SOURCE_DATE_EPOCH"] = epoch
     done = subprocess.run(
@@ -89,3 +96,14 @@ def newer_tree(target: Path, new_version: str, migration: str) -> Path:
         encoding="utf-8",
     )
     return target
+
+
+def newer_version() -> str:
+    """The later release's version: this one's, post-released."""
+    return f"{version()}.post1"
+
+
+def build_newer(out: Path) -> Path:
+    """The .deb of the later release (newer_tree with PROBE_MIGRATION), built into `out`."""
+    tree = newer_tree(out / "tree", newer_version(), PROBE_MIGRATION)
+    return build(out, tree=tree)
