@@ -153,7 +153,11 @@ class HealthSettings(_Section):
     )
 
 
-_READER = re.compile(r"^(tag:[A-Za-z0-9][A-Za-z0-9-]*|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\.?)$")
+# A reader of /metrics: a tag, or a MagicDNS name (dotted, its last label not all digits, so
+# an IP address is not taken for a name).
+_READER = re.compile(
+    r"^(tag:[A-Za-z0-9][A-Za-z0-9-]*|([A-Za-z0-9-]+\.)+[A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*\.?)$"
+)
 
 
 class MetricsSettings(_Section):
