@@ -26,6 +26,7 @@ from appliance import (
     health,
     leases,
     master_key,
+    metrics,
     outbox,
     settings,
     systemd,
@@ -74,12 +75,15 @@ async def _run(config: settings.Settings, options: Options) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     readiness = health.Readiness()
-    host = "127.0.0.1" if options.local else config.health.host
+    host = _listener_host(config, options)
     mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
+    exporter = metrics.Exporter(config.metrics, mesh=mesh)
     console = None
-    if config.mode != "worker":  # a VPC worker listens on nothing
+    if host:
+        app = health.build_app(readiness)
+        app.add_routes(metrics.routes(exporter))
         console = listeners.Console(
-            health.build_app(readiness),
+            app,
             host=host,
             port=config.health.port,
             policy=listeners.policy_of(config),
@@ -93,7 +97,7 @@ async def _run(config: settings.Settings, options: Options) -> int:
             await master_key.check_at_start(db.pool, config)  # a recorded key must be there
             # The signing secrets in the vault, before any work starts: a missing one is exit 78.
             verifiers = await credentials.read_verifiers(db.pool, config)
-            async with _node_name(config, db) as node:
+            async with _node_name(config, db) as node, exporter.reading(db.pool):
                 return await _serve(
                     config=config,
                     options=options,
@@ -107,6 +111,16 @@ async def _run(config: settings.Settings, options: Options) -> int:
     finally:
         if console is not None:
             await console.close()
+
+
+def _listener_host(config: settings.Settings, options: Options) -> str:
+    """Where health and metrics listen ('' for nowhere): the console's host, or for a VPC worker
+    (which has no console) `metrics.worker_host`; 127.0.0.1 with `run --local`."""
+    if config.mode == "worker" and not config.metrics.worker_host:
+        return ""
+    if options.local:
+        return "127.0.0.1"
+    return config.metrics.worker_host if config.mode == "worker" else config.health.host
 
 
 @contextlib.asynccontextmanager
@@ -145,8 +159,9 @@ def _recheck_exposure(
     readiness: health.Readiness,
     console: listeners.Console | None,
 ) -> list[asyncio.Task[None]]:
-    """The box's listening sockets re-checked on a timer, once every listener is bound."""
-    if console is None:
+    """The box's listening sockets re-checked on a timer, once every listener is bound (not in
+    a VPC worker, whose box is not ours to watch)."""
+    if console is None or config.mode == "worker":
         return []
     box = recheck.Recheck.of_daemon(config, db.pool, readiness, console.current_policy)
     return [asyncio.create_task(box.run(), name="exposure.recheck")]

@@ -153,6 +153,49 @@ class HealthSettings(_Section):
     )
 
 
+# A reader of /metrics: a tag, or a MagicDNS name (dotted, its last label not all digits, so
+# an IP address is not taken for a name).
+_READER = re.compile(
+    r"^(tag:[A-Za-z0-9][A-Za-z0-9-]*|([A-Za-z0-9-]+\.)+[A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*\.?)$"
+)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics at `/metrics` on the console's listener (`appliance.metrics`)."""
+
+    readers: tuple[str, ...] = pydantic.Field(
+        default=(),
+        description="tailnet devices (MagicDNS names) and tags (tag:...) that may read /metrics "
+        "(and nothing else); loopback may always",
+    )
+    worker_host: str = pydantic.Field(
+        default="127.0.0.1",
+        description='where a `mode = "worker"` daemon, which has no console, serves /metrics, '
+        "/healthz and /readyz on health.port: 'tailnet', an address such as 127.0.0.1, or '' for "
+        "nowhere",
+    )
+    query_timeout_seconds: float = pydantic.Field(
+        default=5.0,
+        gt=0,
+        description="a scrape's database query gets this long; then appliance_postgres_up is 0 "
+        "and the database's series are left out",
+    )
+    whois_cache_seconds: float = pydantic.Field(
+        default=30.0, ge=0, description="how long a tailnet peer's identity is remembered"
+    )
+
+    @pydantic.field_validator("readers")
+    @classmethod
+    def _device_or_tag(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _READER.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is neither a tag (tag:prometheus) nor a device's MagicDNS name "
+                    "(prometheus.tail1234.ts.net)"
+                )
+        return value
+
+
 class MeshSettings(_Section):
     tailscale: str = pydantic.Field(default="tailscale", description="the tailscale CLI")
     hostname: str | None = pydantic.Field(
@@ -446,6 +489,7 @@ class Settings(_Section):
     engine: EngineSettings = pydantic.Field(default_factory=EngineSettings)
     outbox: OutboxSettings = pydantic.Field(default_factory=OutboxSettings)
     health: HealthSettings = pydantic.Field(default_factory=HealthSettings)
+    metrics: MetricsSettings = pydantic.Field(default_factory=MetricsSettings)
     model: ModelSettings = pydantic.Field(default_factory=ModelSettings)
     mesh: MeshSettings = pydantic.Field(default_factory=MeshSettings)
     vault: VaultSettings = pydantic.Field(default_factory=VaultSettings)

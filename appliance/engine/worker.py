@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from appliance import errors, models, settings
+from appliance import errors, metrics, models, settings
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.engine import backoff, context, inputs, nodes, registry
@@ -368,9 +368,11 @@ class Worker:
         return await self._finish(task, ctx, "succeeded", output_json=output_json)
 
     async def _write_step(self, task: models.ClaimedTask, step: models.PendingStep) -> bool:
-        return await dbtasks.record_step(
+        cancel = await dbtasks.record_step(
             self._pool, task_id=task.task_id, worker=self.worker_id, attempt=task.attempt, step=step
         )
+        _observe(task, step)
+        return cancel
 
     async def _failed_for_good(
         self, task: models.ClaimedTask, ctx: context.TaskContext, exc: errors.ApplianceError
@@ -429,6 +431,7 @@ class Worker:
         holding = self._node is None or self._node.held
         take = 1 if claim and not self._draining and self.health.ok and holding else 0
         self._running.pop(task.task_id, None)  # ending: no longer the heartbeat's to renew
+        step = ctx.unwritten(failed)
         try:
             claimed = await dbtasks.finish_task(
                 self._pool,
@@ -439,7 +442,7 @@ class Worker:
                 output_json=output_json,
                 error=error,
                 retry_at=retry_at,
-                step=ctx.unwritten(failed),
+                step=step,
                 node=self.node,
                 claim=take,
                 lease_seconds=self._config.lease_seconds,
@@ -454,9 +457,16 @@ class Worker:
             self._abandoned.add(task.task_id)
             return None
         ctx.written()
+        if step is not None:
+            _observe(task, step)
         if self._on_finished is not None:
             self._on_finished(task.task_id, outcome)
         return claimed[0] if claimed else None
+
+
+def _observe(task: models.ClaimedTask, step: models.PendingStep) -> None:
+    """A written checkpoint's step in the step-duration histogram."""
+    metrics.STEP_DURATION.labels(task.workflow).observe(step.duration_ms / 1000)
 
 
 def _describe(exc: BaseException) -> str:

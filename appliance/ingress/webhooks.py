@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 
-from appliance import errors, models, settings
+from appliance import errors, metrics, models, settings
 from appliance.ingress import guard, payload, signatures
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,13 @@ class Endpoint:
         self._throttle = guard.Throttle()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Every answer is short JSON; the reason of a refusal goes to the log, throttled."""
+        """Every answer is short JSON, counted by status; the reason of a refusal goes to the
+        log, throttled."""
+        response = await self._respond(request)
+        metrics.WEBHOOK_REQUESTS.labels(str(response.status)).inc()
+        return response
+
+    async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             with self._holding() as held:
                 return await self._accept(request, held)

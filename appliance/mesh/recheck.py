@@ -3,9 +3,10 @@
 Every `mesh.recheck_seconds` (0 turns it off) the gate runs over the whole box (its network
 namespace). A violation is reported once, when it appears: a WARNING log line naming the
 socket and its holder (pid and process name, where visible) and the outbox event
-`exposure.violation` (outside any task, in the default tenant's stream). When it goes, an INFO
-line and `exposure.resolved`. An event that cannot be written (Postgres away) is written at a
-later round, in order.
+`exposure.violation` (outside any task, in the default tenant's stream), and it counts in
+`appliance_exposure_violations_total`. When it goes, an INFO line and `exposure.resolved`.
+`appliance_exposure_violating_sockets` says how many stand after each round. An event that
+cannot be written (Postgres away) is written at a later round, in order.
 
 Readiness goes red, with the socket as the reason, while a violation *of the daemon* stands:
 a socket held by the daemon's process, by a process it started (a descendant), or, when the
@@ -28,7 +29,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from appliance import errors, health, settings
+from appliance import errors, health, metrics, settings
 from appliance.db import exposure as dbexposure
 from appliance.db import pool as dbpool
 from appliance.mesh import exposure, sockets
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 Listing = Callable[[], list[sockets.Socket]]
 Announce = Callable[[dbexposure.EventType, dict[str, Any]], Awaitable[None]]
 Key = tuple[str, str, int | tuple[int | None, int | None]]
+DAEMON, OTHER = "daemon", "other"  # who holds a violating socket (the metrics' `holder`)
 
 
 def box_listing() -> list[sockets.Socket]:
@@ -142,9 +144,10 @@ class Recheck:
             if key not in self._standing:
                 self._report(item, policy)
         self._standing = current
-        self._readiness.exposure = tuple(
-            item.describe() for item in current.values() if held_by_daemon(item)
-        )
+        own = tuple(item.describe() for item in current.values() if held_by_daemon(item))
+        self._readiness.exposure = own
+        metrics.EXPOSED_SOCKETS.labels(DAEMON).set(len(own))
+        metrics.EXPOSED_SOCKETS.labels(OTHER).set(len(current) - len(own))
         await self._send()
 
     def _payload(self, item: sockets.Socket, policy: exposure.Policy) -> dict[str, Any]:
@@ -157,6 +160,7 @@ class Recheck:
 
     def _report(self, item: sockets.Socket, policy: exposure.Policy) -> None:
         own = held_by_daemon(item)
+        metrics.EXPOSURE_VIOLATIONS.labels(DAEMON if own else OTHER).inc()
         log.warning(
             "exposure violation: %s is reachable from outside the tailnet%s",
             item.describe(),

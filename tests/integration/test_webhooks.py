@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from appliance import errors, models, settings
+from appliance import errors, metrics, models, settings
 from appliance.db import ingress as dbingress
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
@@ -261,6 +261,23 @@ class TestAccepted:
         """No Server header tells which framework or Python answers."""
         _, _, headers = await endpoint.deliver()
         assert "Server" not in headers
+
+
+class TestCounted:
+    async def test_each_answer_counts_by_status_in_the_metrics(self, endpoint: Endpoint) -> None:
+        """appliance_webhook_requests_total grows by one per answer, under its status code."""
+
+        def counted(code: str) -> float:
+            value = metrics.REGISTRY.get_sample_value(
+                "appliance_webhook_requests_total", {"code": code}
+            )
+            return value or 0.0
+
+        before = counted("202"), counted("404")
+        await endpoint.deliver(delivery_id="msg_counted")
+        await endpoint.deliver(source="nothing")
+        await endpoint.deliver(source="nothing")
+        assert (counted("202"), counted("404")) == (before[0] + 1, before[1] + 2)
 
 
 class TestReplay:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance import errors, health
+from appliance import errors, health, metrics
 from appliance.db import exposure as dbexposure
 from appliance.mesh import exposure, recheck, sockets
 
@@ -134,6 +134,30 @@ class TestRound:
             child.kill()
             await child.wait()
         assert not readiness.ready
+
+    async def test_violations_are_counted_once_and_the_standing_ones_gauged(
+        self, box: Box, checker: recheck.Recheck
+    ) -> None:
+        """Each new violation counts once by holder; the gauge follows what stands."""
+
+        def figures() -> tuple[float, float]:
+            other = {"holder": "other"}
+            counted = metrics.REGISTRY.get_sample_value(
+                "appliance_exposure_violations_total", other
+            )
+            standing = metrics.REGISTRY.get_sample_value(
+                "appliance_exposure_violating_sockets", other
+            )
+            return counted or 0.0, standing or 0.0
+
+        before, _ = figures()
+        box.sockets = [sock(LAN, 9000, pid=1, inode=7), sock(LAN, 9001, pid=1, inode=8)]
+        await checker.check()
+        await checker.check()
+        assert figures() == (before + 2, 2)
+        box.sockets = box.sockets[:1]
+        await checker.check()
+        assert figures() == (before + 2, 1)
 
     async def test_recovery_when_the_socket_goes(
         self,
