@@ -17,11 +17,11 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import pydantic
 
-from appliance import errors
+from appliance import errors, triggers
 from appliance.ingress import signatures
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
@@ -344,8 +344,50 @@ class BackupSettings(_Section):
     )
 
 
-class Source(_Section):
+class _Trigger(_Section):
+    """Something that starts tasks: of a workflow, or, with `agent` and `prompt`, of an agent
+    (the workflow agent.run; its prompt a template filled from each event, appliance/triggers)."""
+
+    _kind: ClassVar[triggers.Kind]
+    workflow: str
+    agent: str | None = pydantic.Field(
+        default=None,
+        pattern=_NAME,
+        description="start this agent (the workflow agent.run) instead of a workflow",
+    )
+    prompt: str | None = pydantic.Field(
+        default=None,
+        min_length=1,
+        description="the agent's prompt: a Jinja2 template filled from each event",
+    )
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _an_agent_runs_agent_run(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("agent") is not None and "workflow" not in data:
+            return {**data, "workflow": triggers.AGENT_WORKFLOW}
+        return data
+
+    @pydantic.model_validator(mode="after")
+    def _the_prompt_fits_the_events(self) -> Self:
+        if self.agent is None:
+            if self.prompt is not None:
+                raise ValueError("a prompt is for an agent: set agent too, or drop prompt")
+            return self
+        if self.workflow != triggers.AGENT_WORKFLOW:
+            raise ValueError("set either workflow or agent (which runs agent.run), not both")
+        if self.prompt is None:
+            raise ValueError(
+                f"agent {self.agent!r} needs a prompt: a template filled from each event"
+            )
+        triggers.check(self.prompt, self._kind)
+        return self
+
+
+class Source(_Trigger):
     """One sender of webhooks to one tenant, at `/hooks/<tenant>/<name>`."""
+
+    _kind: ClassVar[triggers.Kind] = "webhook"
 
     tenant: str = pydantic.Field(pattern=_NAME, description="the tenant its tasks belong to")
     name: str = pydantic.Field(pattern=_NAME, description="the last part of its URL path")
@@ -459,8 +501,10 @@ class IngressSettings(_Section):
         return self
 
 
-class Watch(_Section):
-    """One watched folder: files matching `patterns` start `workflow` for `tenant`."""
+class Watch(_Trigger):
+    """One watched folder: files matching `patterns` start `workflow` (or `agent`) for `tenant`."""
+
+    _kind: ClassVar[triggers.Kind] = "file"
 
     path: Path = pydantic.Field(description="the folder to watch")
     patterns: tuple[str, ...] = pydantic.Field(
@@ -471,6 +515,12 @@ class Watch(_Section):
     recursive: bool = pydantic.Field(default=True, description="watch sub-folders too")
     settle_seconds: float = pydantic.Field(
         default=1.0, gt=0, description="a file fires once it saw no change for this long"
+    )
+    attach_tokens: int = pydantic.Field(
+        default=4000,
+        ge=0,
+        description="with agent: the file's text given to the prompt (`text`), cut at about "
+        "this many tokens (4 characters each)",
     )
 
 

@@ -38,6 +38,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import logging
+import mimetypes
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -47,12 +48,13 @@ from typing import Any, Literal
 from watchdog import events, observers
 from watchdog.observers import api as observer_api
 
-from appliance import errors, models, settings
+from appliance import errors, models, settings, triggers
 from appliance.db import pool as dbpool
 from appliance.db import watch as dbwatch
 from appliance.engine import registry, submission
 
 log = logging.getLogger(__name__)
+CHARS_PER_TOKEN = 4  # what `attach_tokens` counts a token as
 
 Event = Literal["created", "modified", "moved", "deleted", "catch-up"]
 EDITOR_TEMP_NAMES = (".#*", "*~", "#*#", "*.swp", "*.swo", "*.swx", ".~lock.*#", "4913")
@@ -352,13 +354,23 @@ class Watcher:
         if from_path is not None:
             task_input["from_path"] = from_path
         key = content_key(path, state.size, state.mtime_ns, state.sha256)
-        await self._enqueue(folder, task_input, key)
+        watch = folder.watch
+        if watch.agent is not None and watch.prompt is not None:
+            started = await _agent_input(folder, watch.agent, watch.prompt, task_input)
+            if started is None:
+                folder.known[path] = state  # this state does not fit the prompt: not again
+                return
+            task_input = started
+        await self._enqueue(folder, task_input, key, path=path, event=event)
         folder.known[path] = state
 
     async def _submit_deletion(self, folder: _Folder, path: str) -> None:
         last = folder.known.get(path)
         if last is None or last.deleted:
             return  # never submitted, or its deletion was
+        if folder.watch.agent is not None:  # an agent is started for files that are there
+            folder.known[path] = dataclasses.replace(last, deleted=True)
+            return
         task_input = {
             "path": path,
             "size": last.size,
@@ -366,10 +378,13 @@ class Watcher:
             "sha256": last.sha256,
             "event": "deleted",
         }
-        await self._enqueue(folder, task_input, deletion_key(path, last))
+        key = deletion_key(path, last)
+        await self._enqueue(folder, task_input, key, path=path, event="deleted")
         folder.known[path] = dataclasses.replace(last, deleted=True)
 
-    async def _enqueue(self, folder: _Folder, task_input: dict[str, Any], key: str) -> None:
+    async def _enqueue(
+        self, folder: _Folder, task_input: dict[str, Any], key: str, *, path: str, event: str
+    ) -> None:
         try:
             answer: models.Submitted = await submission.submit(
                 self._pool,
@@ -383,14 +398,14 @@ class Watcher:
             )
         except errors.IdempotencyConflictError:
             # The same state was enqueued before under another event name: nothing new.
-            log.debug("file state already enqueued: %s", task_input["path"])
+            log.debug("file state already enqueued: %s", path)
             return
         log.info(
             "file %s: task %s (%s)",
-            task_input["event"],
+            event,
             answer.task_id,
             "new" if answer.created else "existing",
-            extra={"event": "watch.enqueued", "path": task_input["path"]},
+            extra={"event": "watch.enqueued", "path": path},
         )
 
     async def _catch_up(self) -> None:
@@ -460,3 +475,54 @@ def _checked_root(watch: settings.Watch) -> Path:
     except OSError as exc:
         raise errors.ConfigError(f"watched folder {str(watch.path)!r} is not readable") from exc
     return root
+
+
+async def _agent_input(
+    folder: _Folder, agent: str, prompt: str, file: dict[str, Any]
+) -> dict[str, str] | None:
+    """An agent watch's task input: its prompt filled from the file (its text attached up to
+    `attach_tokens`); None, logged, when the file does not fit the prompt."""
+    limit = folder.watch.attach_tokens * CHARS_PER_TOKEN
+    text, truncated = await asyncio.to_thread(_text_of, folder.root / file["path"], limit)
+    values = {
+        "path": file["path"],
+        "name": Path(file["path"]).name,
+        "size": file["size"],
+        "type": mimetypes.guess_type(file["path"])[0] or "application/octet-stream",
+        "event": file["event"],
+        "text": text,
+        "truncated": truncated,
+    }
+    try:
+        return triggers.agent_input(agent, triggers.render(prompt, "file", values))
+    except triggers.TriggerInputError as exc:
+        log.warning(
+            "file %s not given to agent %s: %s",
+            file["path"],
+            agent,
+            exc.message,
+            extra={"event": "watch.prompt_refused", "path": file["path"]},
+        )
+        return None
+
+
+def _text_of(path: Path, limit: int) -> tuple[str, bool]:
+    """The file's text up to `limit` characters and whether it was cut; ('', False) for a file
+    that is not UTF-8 text (or is gone)."""
+    most = limit * 4  # UTF-8 takes up to 4 bytes a character
+    try:
+        with path.open("rb") as file:
+            head = file.read(most + 1)
+    except OSError:
+        return "", False
+    more = len(head) > most
+    head = head[:most]
+    if b"\x00" in head:
+        return "", False
+    for cut in range(4):  # what was read may end inside a character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return text[:limit], more or len(text) > limit
+    return "", False

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 
-from appliance import errors, metrics, models, settings
+from appliance import errors, metrics, models, settings, triggers
 from appliance.ingress import guard, payload, signatures
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,12 @@ _REASONS = {
     413: "payload too large",
     409: "conflict",
     417: "expectation failed",
+    422: "unprocessable content",
     429: "too many requests",
     500: "internal error",
     503: "unavailable",
 }
-_EXPLAINED = frozenset({400, 408, 413, 417})
+_EXPLAINED = frozenset({400, 408, 413, 417, 422})
 """Statuses whose answer carries the one-line reason: the sender can fix what they name."""
 RETRY_AFTER_SECONDS = 5
 
@@ -290,6 +291,8 @@ class Endpoint:
             )
         except signatures.MalformedDeliveryError as exc:
             raise _Rejected(400, exc.message) from exc
+        if source.agent is not None and source.prompt is not None:
+            task_input = _agent_input(source.agent, source.prompt, source.tenant, task_input)
         submitted = await self._enqueue(
             route,
             delivery_id=delivery_id,
@@ -393,3 +396,13 @@ def _scheme_headers(request: web.BaseRequest, names: tuple[str, ...]) -> dict[st
         if values:
             picked[name] = values[0]
     return picked
+
+
+def _agent_input(agent: str, prompt: str, tenant: str, delivery: dict[str, Any]) -> dict[str, str]:
+    """An agent source's task input: its prompt filled from the delivery (422 if it does not
+    fit: the sender, or the source's prompt, must change)."""
+    try:
+        filled = triggers.render(prompt, "webhook", {**delivery, "tenant": tenant})
+    except triggers.TriggerInputError as exc:
+        raise _Rejected(422, exc.message) from exc
+    return triggers.agent_input(agent, filled)
