@@ -45,11 +45,16 @@ class DatabaseSettings(_Section):
     )
     name: str = pydantic.Field(default="appliance", description="database name (socket/embedded)")
     user: str = pydantic.Field(default="appliance", description="database role (socket/embedded)")
-    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = (
-        pydantic.Field(default=None, description="TLS mode for a remote server (verify-full there)")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        pydantic.Field(
+            default=None,
+            description="TLS with the server (or sslmode in the url); unset: verify-full for a "
+            "server on another host, the driver's default on this machine",
+        )
     )
     sslrootcert: Path | None = pydantic.Field(
-        default=None, description="CA file that signs the server's certificate"
+        default=None,
+        description="CA file (PEM) that signs the server's certificate (or sslrootcert in the url)",
     )
     pool_min: int = pydantic.Field(default=2, ge=1, description="connections kept open")
     pool_max: int = pydantic.Field(default=12, ge=2, description="most connections in the pool")
