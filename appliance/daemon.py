@@ -74,10 +74,10 @@ async def _run(config: settings.Settings, options: Options) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     readiness = health.Readiness()
-    host = "127.0.0.1" if options.local else config.health.host
+    host = listeners.health_host(config, local=options.local)
     mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
     console = None
-    if config.mode != "worker":  # a VPC worker listens on nothing
+    if host is not None:  # a VPC worker listens on nothing unless given a private address
         console = listeners.Console(
             health.build_app(readiness),
             host=host,
@@ -145,8 +145,9 @@ def _recheck_exposure(
     readiness: health.Readiness,
     console: listeners.Console | None,
 ) -> list[asyncio.Task[None]]:
-    """The box's listening sockets re-checked on a timer, once every listener is bound."""
-    if console is None:
+    """The box's listening sockets re-checked on a timer, once every listener is bound (not
+    by a VPC worker: its host is not the box)."""
+    if console is None or config.mode == "worker":
         return []
     box = recheck.Recheck.of_daemon(config, db.pool, readiness, console.current_policy)
     return [asyncio.create_task(box.run(), name="exposure.recheck")]

@@ -29,6 +29,7 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │   └── ingress.signatures.MalformedDeliveryError 65 400
     ├── NotFoundError                    1  404  the thing asked for does not exist
     ├── StateError                       1  409  the answer is no in the thing's current state
+    │   └── health.NotReadyError          1       the daemon answers, but is not ready
     ├── DependencyError                 69  503  something we depend on is down
     │   ├── DatabaseUnavailableError    69  503
     │   └── PostgresBinariesMissingError 69 503

@@ -18,7 +18,6 @@ import datetime as dt
 import os
 import pwd
 import shutil
-import socket
 import tempfile
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.db import embedded
+from tests.support import daemon
 
 DATABASE = "appliance"
 HOST = "localhost"  # the one name the server's certificate carries
@@ -160,12 +160,6 @@ def _give(path: Path) -> None:
         os.chown(path, account.pw_uid, account.pw_gid)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def running() -> AsyncIterator[TlsServer]:
     """The TLS server for the block; stopped and removed afterwards."""
@@ -197,7 +191,7 @@ async def running() -> AsyncIterator[TlsServer]:
             _give(path)
         (folder / "ca.pem").write_bytes(ca.pem())
         (folder / "impostor.pem").write_bytes(impostor.pem())
-        port = _free_port()
+        port = daemon.free_port(OTHER_HOST)
         options = (
             f"-c listen_addresses={OTHER_HOST} -c port={port} -c ssl=on "
             f"-c unix_socket_directories={sockets}"
