@@ -104,8 +104,8 @@ def secured(
         return dsn
     if tls.rootcert is not None and not Path(tls.rootcert).expanduser().is_file():
         raise DatabaseTlsError(
-            f"database.sslrootcert: {tls.rootcert} is not a file (it must be the CA that signs "
-            "the server's certificate, in PEM)"
+            f"the CA file (sslrootcert) {tls.rootcert} is not a file: it must be the CA that "
+            "signs the server's certificate, in PEM"
         )
     parts = urllib.parse.urlsplit(dsn)
     query = [
@@ -123,7 +123,7 @@ def secured(
 def refusal(exc: BaseException | None, tls: Tls) -> DatabaseTlsError | None:
     """Why the client refused the server, in words, when it did (None: another failure)."""
     where = f"Postgres at {tls.address}"
-    ca = f"the CA in {tls.rootcert}" if tls.rootcert else "a CA this machine trusts"
+    ca = f"the CA in {tls.rootcert or '~/.postgresql/root.crt'}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         if exc.verify_code in _HOSTNAME_MISMATCH:
             return DatabaseTlsError(

@@ -131,7 +131,8 @@ class Allowance:
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """The sockets that may face outside: the daemon's public ones and an allow-list."""
+    """The sockets that may face outside: the daemon's public ones, an allow-list, and a VPC
+    worker's private health address."""
 
     public: frozenset[PublicSocket] = frozenset()
     allowed: frozenset[Allowance] = frozenset({Allowance("udp", 41641, "tailscaled")})
