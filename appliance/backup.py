@@ -166,7 +166,7 @@ async def create(config: settings.Settings) -> Listed:
                 "--enable-row-security",
                 f"--snapshot={snapshot}",
                 f"--file={dump}",
-                connect=(db.dsn, config.database),
+                connect=db.dsn,
             )
         digest, size = _digest(dump)
         manifest = Manifest(
@@ -334,7 +334,7 @@ async def restore(config: settings.Settings, path: Path, *, replace: bool = Fals
                     "--no-owner",
                     f"--use-list={listing}",
                     str(dump),
-                    connect=(db.dsn, config.database),
+                    connect=db.dsn,
                 )
                 applied = await migrations.migrate(conn)  # an older backup's schema, forward
                 await dbbackup.enforce_tenant_isolation(conn)
@@ -469,14 +469,12 @@ def _major(path: Path) -> int:
     return 0
 
 
-async def _run(
-    tool: Path, *args: str, connect: tuple[str, settings.DatabaseSettings] | None = None
-) -> str:
+async def _run(tool: Path, *args: str, connect: str | None = None) -> str:
     """Run pg_dump/pg_restore (against the configured database: the password never in argv);
     its standard output."""
     env: Mapping[str, str] = os.environ
     if connect is not None:
-        url, env = _libpq(*connect)
+        url, env = _libpq(connect)
         args = (*args, f"--dbname={url}")
     process = await asyncio.create_subprocess_exec(
         str(tool),
@@ -493,8 +491,9 @@ async def _run(
     return stdout.decode(errors="replace")
 
 
-def _libpq(dsn: str, database: settings.DatabaseSettings) -> tuple[str, Mapping[str, str]]:
-    """The DSN without its password, and an environment carrying it and the TLS settings."""
+def _libpq(dsn: str) -> tuple[str, Mapping[str, str]]:
+    """The DSN without its password (its TLS parameters stay: `db.tls`), and an environment
+    carrying the password."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     parts = urllib.parse.urlsplit(dsn)
     if parts.password is not None:
@@ -503,8 +502,4 @@ def _libpq(dsn: str, database: settings.DatabaseSettings) -> tuple[str, Mapping[
         host = f"[{host}]" if ":" in host else host
         netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
         dsn = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    if database.sslmode is not None:
-        env["PGSSLMODE"] = database.sslmode
-    if database.sslrootcert is not None:
-        env["PGSSLROOTCERT"] = str(database.sslrootcert)
     return dsn, env

@@ -75,11 +75,11 @@ async def _run(config: settings.Settings, options: Options) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     readiness = health.Readiness()
-    host = _listener_host(config, options)
+    host = listeners.health_host(config, local=options.local)
     mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
     exporter = metrics.Exporter(config.metrics, mesh=mesh)
     console = None
-    if host:
+    if host is not None:  # a VPC worker listens on nothing unless given a private address
         app = health.build_app(readiness)
         app.add_routes(metrics.routes(exporter))
         console = listeners.Console(
@@ -111,16 +111,6 @@ async def _run(config: settings.Settings, options: Options) -> int:
     finally:
         if console is not None:
             await console.close()
-
-
-def _listener_host(config: settings.Settings, options: Options) -> str:
-    """Where health and metrics listen ('' for nowhere): the console's host, or for a VPC worker
-    (which has no console) `metrics.worker_host`; 127.0.0.1 with `run --local`."""
-    if config.mode == "worker" and not config.metrics.worker_host:
-        return ""
-    if options.local:
-        return "127.0.0.1"
-    return config.metrics.worker_host if config.mode == "worker" else config.health.host
 
 
 @contextlib.asynccontextmanager
@@ -159,8 +149,8 @@ def _recheck_exposure(
     readiness: health.Readiness,
     console: listeners.Console | None,
 ) -> list[asyncio.Task[None]]:
-    """The box's listening sockets re-checked on a timer, once every listener is bound (not in
-    a VPC worker, whose box is not ours to watch)."""
+    """The box's listening sockets re-checked on a timer, once every listener is bound (not
+    by a VPC worker: its host is not the box)."""
     if console is None or config.mode == "worker":
         return []
     box = recheck.Recheck.of_daemon(config, db.pool, readiness, console.current_policy)

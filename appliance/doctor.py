@@ -16,7 +16,7 @@ from typing import Literal
 
 from appliance import backup, errors, master_key, settings, vault
 from appliance.db import audit as dbaudit
-from appliance.db import connection, embedded, migrations
+from appliance.db import connection, embedded, migrations, tls
 from appliance.db import outbox as dboutbox
 from appliance.db import pool as dbpool
 from appliance.db import tenants as dbtenants
@@ -44,14 +44,62 @@ async def run_checks(config: settings.Settings) -> list[Check]:
     checks = [_state_dir(config)]
     if config.embedded:
         checks.extend(_embedded(config))
+    if config.database.url is not None:
+        checks.append(_database_tls(config.database, config.database.url.get_secret_value()))
     checks.extend(await _database(config))
     checks.extend(_inline_signing_secrets(config))
     checks.append(_isolation(config))
-    if config.health.host == settings.TAILNET:
-        checks.append(await _tailnet(config))
-    checks.append(_exposure(config))
+    if config.mode != "worker":  # a VPC worker uses no tailnet, and its host is not the box's
+        if config.health.host == settings.TAILNET:
+            checks.append(await _tailnet(config))
+        checks.append(_exposure(config))
     checks.extend(_backups(config))
     return checks
+
+
+_VERIFY_FULL_FIX = (
+    'set database.sslmode = "verify-full" and database.sslrootcert to the CA file that signs '
+    "the server's certificate (a managed Postgres publishes its CA bundle)"
+)
+
+
+def _database_tls(database: settings.DatabaseSettings, url: str) -> Check:
+    """How connections to database.url are secured: verify-full is ok; anything that lets
+    another server pose as this one (or the traffic go in the clear) is a warning."""
+    try:
+        found = tls.effective(url, database)
+    except errors.ConfigError as exc:
+        return Check(
+            "database tls", False, exc.message, "keep sslmode and sslrootcert in one place"
+        )
+    if not found.remote:
+        return Check("database tls", True, f"{found.address} is this machine ({found.describe()})")
+    if found.mode == "verify-full":
+        return Check(
+            "database tls",
+            True,
+            f"{found.describe()}: {found.address} must show a certificate from that CA, naming it",
+        )
+    if found.mode == "verify-ca":
+        risk = (
+            "the certificate's CA is checked, not the host it names: any server holding a "
+            "certificate from that CA can pose as this one"
+        )
+    elif found.mode == "require":
+        risk = (
+            "encrypted, but the server is not verified (its host name is never checked, its CA "
+            "only with a CA file): anyone on the path can pose as it and read what the "
+            "appliance sends"
+        )
+    else:
+        risk = "the traffic may go in the clear, passwords and task data included"
+    return Check(
+        "database tls",
+        False,
+        f"{found.describe()} to {found.address}: {risk}",
+        _VERIFY_FULL_FIX,
+        severity="warn",
+    )
 
 
 def _isolation(config: settings.Settings) -> Check:

@@ -11,6 +11,8 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     ├── ConfigError                     78  500  the config file or an override is invalid
     │   ├── mesh.exposure.ExposureError 78       a socket is reachable from outside the tailnet
     │   ├── engine.nodes.NodeNameHeldError 78    another live process holds this node name
+    │   ├── db.tls.DatabaseTlsError     78       the client refused Postgres over TLS (its
+    │   │                                        certificate, the host it names, no TLS)
     │   ├── MissingSecretError          78       the config names a vault secret that is not set
     │   ├── ConfinementError            78       a tool process cannot be confined on this host
     │   └── vault.InsecureKeyStoreError, MasterKeyMissingError, KeyMismatchError,
@@ -27,6 +29,7 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │   └── ingress.signatures.MalformedDeliveryError 65 400
     ├── NotFoundError                    1  404  the thing asked for does not exist
     ├── StateError                       1  409  the answer is no in the thing's current state
+    │   └── health.NotReadyError          1       the daemon answers, but is not ready
     ├── DependencyError                 69  503  something we depend on is down
     │   ├── DatabaseUnavailableError    69  503
     │   └── PostgresBinariesMissingError 69 503

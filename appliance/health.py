@@ -1,4 +1,5 @@
-"""The local health listener: `/healthz` (the process is alive) and `/readyz` (it can work).
+"""The local health listener: `/healthz` (the process is alive) and `/readyz` (it can work),
+and `probe`, which asks a running daemon's `/readyz` for `appliance health`.
 
 Readiness is red while Postgres does not answer, the schema is not current, the daemon is
 shutting down, or a socket the daemon holds (or one of its processes holds) faces outside the
@@ -13,8 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import aiohttp
 from aiohttp import web
+
+from appliance import errors
 
 RETRY_SECONDS = 1
 
@@ -89,3 +94,53 @@ def build_app(readiness: Readiness) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     return app
+
+
+class NotReadyError(errors.StateError):
+    """The daemon answers, but it is not ready."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """What a daemon's /readyz said."""
+
+    url: str
+    ready: bool
+    reasons: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        status = "ready" if self.ready else "not ready"
+        return {"url": self.url, "ready": self.ready, "status": status, "reasons": self.reasons}
+
+    def check(self) -> None:
+        """NotReadyError (exit 1) saying why, unless ready."""
+        if not self.ready:
+            raise NotReadyError(f"not ready ({self.url}): {'; '.join(self.reasons)}")
+
+
+async def probe(url: str, *, timeout: float) -> Probe:
+    """GET a daemon's /readyz; DependencyError (exit 69) when nothing answers there."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url, allow_redirects=False) as response,
+        ):
+            body = await response.json(content_type=None)
+    except aiohttp.ClientConnectorError as exc:
+        raise errors.DependencyError(
+            f"no daemon answers at {url} ({exc.os_error.strerror or exc.os_error}): is it "
+            "running, with this config?"
+        ) from exc
+    except TimeoutError as exc:
+        raise errors.DependencyError(f"no answer from {url} within {timeout:g} s") from exc
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise errors.DependencyError(
+            f"{url} did not answer as the appliance's health listener: {exc}"
+        ) from exc
+    if response.status == 200:
+        return Probe(url, True)
+    if response.status == 503 and isinstance(body, dict):
+        return Probe(url, False, tuple(str(reason) for reason in body.get("reasons", ())))
+    raise errors.DependencyError(
+        f"{url} answered {response.status}: not the appliance's health listener"
+    )

@@ -9,6 +9,7 @@ as JSON (`APPLIANCE_OUTBOX__SINKS='["stdout"]'`), scalars as they are.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -45,11 +46,16 @@ class DatabaseSettings(_Section):
     )
     name: str = pydantic.Field(default="appliance", description="database name (socket/embedded)")
     user: str = pydantic.Field(default="appliance", description="database role (socket/embedded)")
-    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = (
-        pydantic.Field(default=None, description="TLS mode for a remote server (verify-full there)")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        pydantic.Field(
+            default=None,
+            description="TLS with the server (or sslmode in the url); unset: verify-full for a "
+            "server on another host, the driver's default on this machine",
+        )
     )
     sslrootcert: Path | None = pydantic.Field(
-        default=None, description="CA file that signs the server's certificate"
+        default=None,
+        description="CA file (PEM) that signs the server's certificate (or sslrootcert in the url)",
     )
     pool_min: int = pydantic.Field(default=2, ge=1, description="connections kept open")
     pool_max: int = pydantic.Field(default=12, ge=2, description="most connections in the pool")
@@ -145,7 +151,8 @@ class HealthSettings(_Section):
     host: str = pydantic.Field(
         default=TAILNET,
         description="where /healthz and /readyz listen: 'tailnet' = this node's tailnet "
-        "addresses only; an address (127.0.0.1 for development, or `run --local`) = just that",
+        "addresses only; an address (127.0.0.1 for development, or `run --local`) = just that; "
+        "a VPC worker (mode = 'worker') listens only when given a private address",
     )
     port: int = pydantic.Field(default=8470, ge=0, le=65535, description="0 picks a free port")
     db_check_seconds: float = pydantic.Field(
@@ -167,12 +174,6 @@ class MetricsSettings(_Section):
         default=(),
         description="tailnet devices (MagicDNS names) and tags (tag:...) that may read /metrics "
         "(and nothing else); loopback may always",
-    )
-    worker_host: str = pydantic.Field(
-        default="127.0.0.1",
-        description='where a `mode = "worker"` daemon, which has no console, serves /metrics, '
-        "/healthz and /readyz on health.port: 'tailnet', an address such as 127.0.0.1, or '' for "
-        "nowhere",
     )
     query_timeout_seconds: float = pydantic.Field(
         default=5.0,
@@ -552,10 +553,36 @@ class Settings(_Section):
     )
     log: LogSettings = pydantic.Field(default_factory=LogSettings)
 
+    @pydantic.model_validator(mode="after")
+    def _worker_listens_privately(self) -> Settings:
+        if self.mode == "worker" and self.health.host != TAILNET:
+            problem = private_address_problem(self.health.host)
+            if problem:
+                raise ValueError(f"health.host of a worker: {problem}")
+        return self
+
     @property
     def embedded(self) -> bool:
         """True when the daemon owns its Postgres cluster (no DSN, no socket dir)."""
         return self.database.url is None and self.database.socket_dir is None
+
+
+def private_address_problem(host: str) -> str:
+    """Why `host` is not one address of a private network (loopback, RFC 1918, unique local,
+    link-local, the tailnet's), or "" when it is: a wildcard listens on every interface, a
+    public one faces the internet."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return f"{host!r} is not an IP address (write the address, such as 10.0.1.5 or 127.0.0.1)"
+    if address.is_unspecified:
+        return f"{host} listens on every interface; give the one private address to listen on"
+    if not (address.is_private or address in _SHARED_ADDRESS_SPACE):
+        return f"{host} is not a private address; a worker's health listener stays inside its VPC"
+    return ""
+
+
+_SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # the tailnet's (not is_private)
 
 
 def config_path(explicit: Path | None, environ: Mapping[str, str]) -> tuple[Path, bool]:

@@ -22,6 +22,7 @@ from appliance.cli import agents as agent_commands
 from appliance.cli import approvals as approval_commands
 from appliance.cli import arguments, output, validation
 from appliance.cli import backup as backup_commands
+from appliance.cli import health as health_commands
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
@@ -539,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = add("migrate", cmd_migrate, "apply pending migrations")
     migrate.add_argument("--print-sql", action="store_true", help="print pending SQL, apply none")
     add("doctor", cmd_doctor, "check the installation; say how to fix what fails")
+    add("health", health_commands.cmd_health, "is the running daemon ready? exit 0, else why")
 
     config = sub.add_parser("config", help="configuration").add_subparsers(
         dest="config_command", required=True, parser_class=_Parser

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 from appliance import errors, settings
-from appliance.db import embedded, pool
+from appliance.db import embedded, pool, tls
 
 
 @dataclasses.dataclass
@@ -37,6 +37,9 @@ async def open_database(
     stopped again afterwards unless another process (a daemon, another command) still uses it
     (`embedded.EmbeddedPostgres.use`). Only with `create_cluster` (init, migrate, the daemon)
     is a cluster initialised where there is none.
+
+    A server the client refuses over TLS (`tls.refusal`) is a DatabaseTlsError (exit 78):
+    waiting does not mend a certificate; one that does not answer is unavailable (69).
     """
     async with contextlib.AsyncExitStack() as stack:
         cluster = cluster_of(config) if config.embedded else None
@@ -51,9 +54,11 @@ async def open_database(
                 min_size=1 if pool_size else config.database.pool_min,
                 max_size=pool_size or config.database.pool_max,
                 timeout=config.database.connect_timeout,
-                tls=pool.ssl_context(config.database),
             )
         except errors.DatabaseUnavailableError as exc:
+            refused = tls.refusal(exc.__cause__, tls.effective(dsn, config.database))
+            if refused is not None:
+                raise refused from exc.__cause__
             raise errors.DatabaseUnavailableError(
                 f"Postgres at {pool.describe_dsn(dsn)} cannot be reached: {exc.__cause__}"
             ) from exc

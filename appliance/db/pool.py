@@ -6,15 +6,15 @@ import contextlib
 import json
 import logging
 import re
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import asyncpg.pool
 
 from appliance import errors, settings
+from appliance.db import tls
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +65,17 @@ _UNAVAILABLE = (
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Pool = asyncpg.Pool
 Record = asyncpg.Record
-Tls = ssl.SSLContext | Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None
 
 
 def dsn_of(config: settings.DatabaseSettings, socket_dir: Path | None = None) -> str:
-    """The libpq URL to connect with: the configured DSN, or a unix socket directory."""
+    """The libpq URL to connect with: the configured DSN with its TLS settled (`tls.secured`),
+    or a unix socket directory."""
     if config.url is not None:
-        return config.url.get_secret_value()
+        return tls.secured(config.url.get_secret_value(), config)
     folder = socket_dir or config.socket_dir
     if folder is None:
         raise errors.ConfigError("database: no url and no socket_dir, and no embedded cluster")
     return f"postgresql://{config.user}@/{config.name}?host={folder}"
-
-
-def ssl_context(config: settings.DatabaseSettings) -> Tls:
-    """TLS for a remote server: verify-full checks the chain and the host name."""
-    if config.sslmode is None:
-        return None
-    if config.sslmode in ("verify-ca", "verify-full"):
-        context = ssl.create_default_context(
-            cafile=str(config.sslrootcert) if config.sslrootcert else None
-        )
-        context.check_hostname = config.sslmode == "verify-full"
-        return context
-    return config.sslmode
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -129,7 +116,6 @@ async def create_pool(
     min_size: int = 2,
     max_size: int = 12,
     timeout: float = 5.0,
-    tls: Tls = None,
 ) -> asyncpg.Pool:
     """Open a pool whose connections decode json/jsonb; raise DatabaseUnavailableError."""
     logging.getLogger("asyncpg.pool").addFilter(_QUIET)  # once: the same filter is not added twice
@@ -139,7 +125,6 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
-            ssl=tls,
             init=_init_connection,
             reset=_keep_session,
             server_settings={"application_name": "appliance"},

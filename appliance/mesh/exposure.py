@@ -8,7 +8,8 @@ The invariant, for every listening socket of the box (`mesh.sockets` lists them)
   its address, port and protocol. Another socket on that port is not it: an IPv6-only
   `[::]:8471` beside the IPv4 ingress, UDP on the port, another process's SO_REUSEPORT twin; or
 - it is on the allow-list (`mesh.allowed`): protocol, port and the name of the process that
-  holds it. tailscaled's UDP 41641 belongs to tailscaled, not to whoever binds the port.
+  holds it. tailscaled's UDP 41641 belongs to tailscaled, not to whoever binds the port; or
+- (a VPC worker only) it is on the private address its health listener was given.
 Anything else is exposed: a wildcard (`0.0.0.0`, `::`), a LAN or public address, a link-local
 or unique-local address. An IPv4-mapped address (`::ffff:a.b.c.d`) counts as its IPv4 address.
 
@@ -130,10 +131,12 @@ class Allowance:
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """The sockets that may face outside: the daemon's public ones and an allow-list."""
+    """The sockets that may face outside: the daemon's public ones, an allow-list, and a VPC
+    worker's private health address."""
 
     public: frozenset[PublicSocket] = frozenset()
     allowed: frozenset[Allowance] = frozenset({Allowance("udp", 41641, "tailscaled")})
+    private: frozenset[Address] = frozenset()  # a VPC worker's health listener address
 
 
 class Verdict(enum.Enum):
@@ -143,6 +146,7 @@ class Verdict(enum.Enum):
     TAILNET = "tailnet"
     PUBLIC = "declared public"
     ALLOWED = "allow-listed"
+    PRIVATE = "declared private"
     EXPOSED = "EXPOSED"
 
 
@@ -172,6 +176,8 @@ def verdict(item: Socket, policy: Policy) -> Verdict:
         return Verdict.PUBLIC
     if any(allowance.matches(item) for allowance in policy.allowed):
         return Verdict.ALLOWED
+    if address in policy.private:
+        return Verdict.PRIVATE
     return Verdict.EXPOSED
 
 

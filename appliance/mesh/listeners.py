@@ -36,13 +36,28 @@ RETRY_SECONDS = 5.0
 PUBLIC_RECORD = "public-sockets.json"
 
 
+def health_host(config: settings.Settings, *, local: bool = False) -> str | None:
+    """Where the health listener binds (`run --local`: 127.0.0.1); None for a VPC worker not
+    given an address (it listens on nothing)."""
+    host = "127.0.0.1" if local else config.health.host
+    if config.mode == "worker" and host == settings.TAILNET:
+        return None
+    return host
+
+
 def policy_of(
     config: settings.Settings, public: Collection[exposure.PublicSocket] = ()
 ) -> exposure.Policy:
-    """The gate's policy: the daemon's public sockets and the configured allow-list."""
+    """The gate's policy: the daemon's public sockets, the configured allow-list, and a VPC
+    worker's private health address (checked private by the settings)."""
+    host = health_host(config)
+    private: frozenset[sockets.Address] = frozenset()
+    if config.mode == "worker" and host is not None:
+        private = frozenset({ipaddress.ip_address(host.partition("%")[0])})
     return exposure.Policy(
         public=frozenset(public),
         allowed=frozenset(exposure.Allowance.parse(entry) for entry in config.mesh.allowed),
+        private=private,
     )
 
 

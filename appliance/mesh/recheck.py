@@ -17,7 +17,7 @@ daemon can still do its work, and it would otherwise be out of service for as lo
 unrelated service of the box misbehaves. At boot the daemon's own violation stays fatal (exit
 78, before ready; `listeners`).
 
-It runs wherever the daemon has a console (not in a VPC worker, which listens on nothing),
+It runs wherever the daemon has a console (not in a VPC worker: its host is not the box),
 started once every listener is bound. `Recheck.run` is one coroutine; `check` is one round.
 """
 

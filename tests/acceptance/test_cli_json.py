@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,12 +177,18 @@ async def _approvals_deny(w: cli_world.World) -> list[str]:
     return ["approvals", "deny", str(await w.approval())]
 
 
+async def _health(w: cli_world.World) -> list[str]:
+    await w.ready_daemon()
+    return ["health"]
+
+
 CASES: dict[tuple[str, ...], Case] = {
     ("init",): static("init"),
     ("exposure-check",): static("exposure-check", codes=(0, 78)),
     ("run",): static("run", "--until-idle"),
     ("migrate",): static("migrate"),
     ("doctor",): static("doctor", codes=(0, 1)),
+    ("health",): prepared(_health),
     ("config", "show"): static("config", "show"),
     ("task", "submit"): static("task", "submit", workflows.COUNTED, "--input", '{"hold": 0}'),
     ("task", "list"): prepared(_task_list),
@@ -230,8 +236,11 @@ def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> lis
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def world(db: dbpool.Pool, database_dsn: str, tmp_path: Path) -> cli_world.World:
-    return await cli_world.make(db, database_dsn, tmp_path)
+async def world(
+    db: dbpool.Pool, database_dsn: str, tmp_path: Path
+) -> AsyncIterator[cli_world.World]:
+    async with cli_world.make(db, database_dsn, tmp_path) as made:
+        yield made
 
 
 def assert_one_document(result: daemon.Result) -> Any:

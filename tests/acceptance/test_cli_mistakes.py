@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -173,8 +174,11 @@ async def resolve(world: cli_world.World, mistake: Mistake) -> list[str]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def world(db: dbpool.Pool, database_dsn: str, tmp_path: Path) -> cli_world.World:
-    return await cli_world.make(db, database_dsn, tmp_path)
+async def world(
+    db: dbpool.Pool, database_dsn: str, tmp_path: Path
+) -> AsyncIterator[cli_world.World]:
+    async with cli_world.make(db, database_dsn, tmp_path) as made:
+        yield made
 
 
 async def stored(db: dbpool.Pool) -> tuple[int, ...]:

@@ -103,8 +103,9 @@ class TestWorker:
     async def test_a_worker_serves_metrics_on_loopback(
         self, tables: dbpool.Pool, database_dsn: str, tmp_path: Path
     ) -> None:
-        """mode = "worker" has no console, yet /metrics answers on metrics.worker_host."""
-        async with daemon.running(database_dsn, tmp_path, overrides={"mode": "worker"}) as running:
+        """mode = "worker" has no console, yet /metrics answers on the health.host it is given."""
+        overrides = {"mode": "worker", "health.host": "127.0.0.1"}
+        async with daemon.running(database_dsn, tmp_path, overrides=overrides) as running:
             assert running.health_port > 0
             page = await scrape.scrape(f"http://127.0.0.1:{running.health_port}/metrics")
         assert page.status == 200
@@ -114,7 +115,7 @@ class TestWorker:
     async def test_a_worker_told_no_host_listens_on_nothing(
         self, tables: dbpool.Pool, database_dsn: str, tmp_path: Path
     ) -> None:
-        """metrics.worker_host = '' keeps a worker from listening at all, as before."""
-        overrides = {"mode": "worker", "metrics.worker_host": ""}
+        """A worker given no health.host listens on nothing, as before."""
+        overrides = {"mode": "worker", "health.host": "tailnet"}  # the default: none given
         async with daemon.running(database_dsn, tmp_path, overrides=overrides) as running:
             assert running.ready["health_port"] == 0

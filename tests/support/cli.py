@@ -4,8 +4,10 @@ initialised vault, a folder for the command's files, and makers of the things co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +26,18 @@ class World:
     dsn: str
     folder: Path
     key_file: Path
+    stack: contextlib.AsyncExitStack  # closed by the fixture: what the world started ends
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     async def cli(self, *args: str) -> daemon.Result:
-        return await daemon.cli(
-            *args,
-            folder=self.folder,
-            dsn=self.dsn,
-            overrides={
-                "vault.key_file": str(self.key_file),
-                "health.port": 0,
-                "health.host": "127.0.0.1",
-            },
+        return await daemon.cli(*args, folder=self.folder, dsn=self.dsn, overrides=self.overrides)
+
+    async def ready_daemon(self) -> daemon.Daemon:
+        """A daemon on this world's settings, ready, its health listener at a fixed port (the
+        one the world's commands then ask); killed when the world ends."""
+        self.overrides["health.port"] = daemon.free_port()
+        return await self.stack.enter_async_context(
+            daemon.running(self.dsn, self.folder, overrides=self.overrides)
         )
 
     async def task(self, workflow: str = workflows.COUNTED, task_input: Any = None) -> int:
@@ -90,9 +93,12 @@ class World:
         return str(path)
 
 
-async def make(db: dbpool.Pool, dsn: str, folder: Path) -> World:
+@contextlib.asynccontextmanager
+async def make(db: dbpool.Pool, dsn: str, folder: Path) -> AsyncIterator[World]:
     """A world on the emptied database: its vault initialised with a new key file in `folder`."""
     key_file = folder / "vault.key"
     await vault.open_vault(db, vault.create_key_file(key_file), initialise=True)
     await workflows.create_step_runs(db)
-    return World(db, dsn, folder, key_file)
+    overrides = {"vault.key_file": str(key_file), "health.port": 0, "health.host": "127.0.0.1"}
+    async with contextlib.AsyncExitStack() as stack:
+        yield World(db, dsn, folder, key_file, stack, overrides)

@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
@@ -65,6 +66,13 @@ def environment(
     for key, value in (overrides or {}).items():
         env[env_name(key)] = value if isinstance(value, str) else json.dumps(value)
     return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at `host` now (for settings that need a fixed port)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def env_name(key: str) -> str:

@@ -6,7 +6,8 @@ that `submission.submit` on the default registry knows the same names.
 `test.counted` records every execution of each of its three steps as a row of
 `public.step_runs` in the database the daemon uses (the test creates the table), so a test can
 tell which steps ran how often, in which attempt. Its input may hold `gate` (a file path: step
-`two` waits until that file exists) and `hold` (seconds step `two` takes).
+`two` waits until that file exists) and `hold` (seconds step `two` takes). `test.delivered` is
+the same for a webhook delivery, whose task input carries those options in its `body`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from appliance.engine import context, registry
 from appliance.isolation import steps
 
 COUNTED = "test.counted"
+DELIVERED = "test.delivered"
 SLEEPY = "test.sleepy"
 FAILS = "test.fails"
 KILLS_WORKER = "test.kills_worker"
@@ -90,6 +92,12 @@ async def counted(ctx: context.TaskContext, task_input: Any) -> Any:
     two = await ctx.step("two", _gated, ctx.task_id, ctx.attempt, gate, hold)
     three = await ctx.step("three", _plain, ctx.task_id, "three", ctx.attempt)
     return [one, two, three]
+
+
+@registry.workflow(DELIVERED)
+async def delivered(ctx: context.TaskContext, task_input: Any) -> Any:
+    """test.counted with the options of a webhook delivery's body."""
+    return await counted(ctx, task_input["body"])
 
 
 async def _sleep(seconds: float) -> float:

@@ -728,6 +728,36 @@ class TestAllowance:
         assert policy.public == frozenset({declared})
 
 
+class TestWorkerPrivateAddress:
+    def test_a_workers_health_address_is_declared_private(self) -> None:
+        """A VPC worker's health listener on its private address passes the gate."""
+        config = settings.Settings(mode="worker", health=settings.HealthSettings(host="10.0.1.5"))
+        policy = listeners.policy_of(config)
+
+        assert exposure.verdict(sock("10.0.1.5", 8470), policy) is exposure.Verdict.PRIVATE
+
+    def test_another_address_of_the_worker_is_still_exposed(self) -> None:
+        """Only the address given is declared: a wildcard or another address fails."""
+        config = settings.Settings(mode="worker", health=settings.HealthSettings(host="10.0.1.5"))
+        policy = listeners.policy_of(config)
+
+        assert exposure.verdict(sock("10.0.1.6", 8470), policy) is exposure.Verdict.EXPOSED
+        assert exposure.verdict(sock(ANY4, 8470), policy) is exposure.Verdict.EXPOSED
+
+    def test_the_edge_box_declares_no_private_address(self) -> None:
+        """In edge mode a LAN address stays exposed, whatever health.host says."""
+        config = settings.Settings(health=settings.HealthSettings(host="10.0.1.5"))
+
+        assert listeners.policy_of(config).private == frozenset()
+
+    def test_a_worker_without_an_address_listens_on_nothing(self) -> None:
+        """health.host left at 'tailnet' means no listener for a worker; --local means loopback."""
+        config = settings.Settings(mode="worker")
+
+        assert listeners.health_host(config) is None
+        assert listeners.health_host(config, local=True) == "127.0.0.1"
+
+
 class TestExposureError:
     def test_exit_code_is_78(self) -> None:
         """Misconfigured: systemd does not restart it in a loop."""

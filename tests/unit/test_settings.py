@@ -314,3 +314,36 @@ class TestSecretsInErrors:
         said = everything_said(load_error(path, {}))
         assert "not UTF-8 text (byte" in said
         assert_nothing_of(CANARIES[0], said)
+
+
+WILDCARD = "0.0.0.0"  # noqa: S104 - a value under test, never bound
+
+
+class TestWorkerHealthAddress:
+    @pytest.mark.parametrize("host", ["127.0.0.1", "10.0.1.5", "172.31.4.9", "fd00::2"])
+    def test_a_private_address_is_taken(self, host: str) -> None:
+        """Loopback, RFC 1918 and unique-local addresses are fine for a worker's listener."""
+        config = settings.load(None, {"APPLIANCE_MODE": "worker", "APPLIANCE_HEALTH__HOST": host})
+
+        assert config.health.host == host
+
+    @pytest.mark.parametrize(
+        ("host", "reason"),
+        [
+            (WILDCARD, f"{WILDCARD} listens on every interface"),
+            ("::", ":: listens on every interface"),
+            ("8.8.8.8", "8.8.8.8 is not a private address"),
+            ("worker-1.internal", "'worker-1.internal' is not an IP address"),
+        ],
+    )
+    def test_anything_else_is_refused(self, host: str, reason: str) -> None:
+        """A wildcard, a public address or a name: a config error saying which."""
+        error = load_error(None, {"APPLIANCE_MODE": "worker", "APPLIANCE_HEALTH__HOST": host})
+
+        assert f"health.host of a worker: {reason}" in error.message
+
+    def test_the_edge_box_is_not_held_to_it(self) -> None:
+        """The rule is the worker's: edge mode keeps any address (the exposure gate judges it)."""
+        config = settings.load(None, {"APPLIANCE_HEALTH__HOST": WILDCARD})
+
+        assert config.health.host == WILDCARD
