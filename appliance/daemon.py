@@ -54,11 +54,13 @@ async def _run(config: settings.Settings, options: Options) -> int:
     runs_tasks = config.mode != "ingress"
     async with contextlib.AsyncExitStack() as stack:
         enter = stack.enter_async_context
-        console = None
+        console = backend = None
         if config.mode != "worker":  # a VPC worker listens on nothing
-            app = health.build_app(readiness)
+            app, backend = subsystems.console_app(config, readiness, local=options.local)
             console = await enter(subsystems.console(lifetime, config, app, local=options.local))
         db = await enter(subsystems.database(config, readiness, migrate=options.migrate))
+        if backend is not None:
+            backend.attach(subsystems.console_services(config, db))
         verifiers = await subsystems.verifiers(config, db)
         engine_health = worker.Health()
         await enter(subsystems.database_watch(lifetime, config, db, readiness, engine_health))

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from appliance import (
     leases,
     lifecycle,
     master_key,
+    operations,
     outbox,
     settings,
     systemd,
@@ -38,6 +40,8 @@ from appliance import (
 )
 from appliance.agents import actions, loop
 from appliance.agents import client as agent_client
+from appliance.console import app as console_web
+from appliance.console import identity, services
 from appliance.db import connection, migrations
 from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
@@ -386,6 +390,49 @@ def _public_limits(config: settings.Settings) -> public.Limits:
     return public.Limits.of(config.ingress, connections=cap)
 
 
+def console_host(config: settings.Settings, *, local: bool) -> str:
+    """Where the console listens: 127.0.0.1 with `run --local`, else `health.host`."""
+    return "127.0.0.1" if local else config.health.host
+
+
+def console_app(
+    config: settings.Settings, readiness: health.Readiness, *, local: bool
+) -> tuple[web.Application, console_web.Backend]:
+    """The console's app, and the holder its services are attached to once the pool is open.
+
+    On a loopback listener every request is the box owner's; on the tailnet, the peer's
+    `tailscale whois`; on `console.serve_socket`, the headers of `tailscale serve`.
+    """
+    access = identity.Access.of(config.console)
+    host = console_host(config, local=local)
+    tcp: identity.Resolver
+    if _is_loopback(host):
+        tcp = identity.LoopbackOwner()
+    else:
+        tcp = identity.TailnetWhois(
+            access, _mesh(config), cache_seconds=config.console.whois_cache_seconds
+        )
+    unix = identity.ServeHeaders(access) if config.console.serve_socket else None
+    backend = console_web.Backend()
+    return console_web.build(readiness, backend, console_web.Resolvers(tcp, unix)), backend
+
+
+def console_services(config: settings.Settings, db: connection.Database) -> services.Services:
+    """What the console reads and does, on the pool."""
+    return operations.build(db.pool, config)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # 'tailnet', or a name
+        return False
+
+
+def _mesh(config: settings.Settings) -> tailscale.Tailscale:
+    return tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
+
+
 @contextlib.asynccontextmanager
 async def console(
     lifetime: lifecycle.Lifetime,
@@ -395,15 +442,16 @@ async def console(
     local: bool,
 ) -> AsyncIterator[listeners.Console]:
     """The console listener: on the tailnet addresses (once the tailnet is up), or on
-    127.0.0.1 with `run --local`. A bind the gate refuses ends the lifetime (exit 78)."""
-    mesh = tailscale.Tailscale(config.mesh.tailscale, timeout=config.mesh.command_timeout_seconds)
+    127.0.0.1 with `run --local`; and on `console.serve_socket` if set. A bind the gate
+    refuses ends the lifetime (exit 78)."""
     listener = listeners.Console(
         app,
-        host="127.0.0.1" if local else config.health.host,
+        host=console_host(config, local=local),
         port=config.health.port,
         policy=listeners.policy_of(config),
-        mesh=mesh,
+        mesh=_mesh(config),
         on_waiting=systemd.status,
+        serve_socket=config.console.serve_socket,
     )
     listener.failed.add_done_callback(_failure_of(lifetime))
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pydantic
 
 from appliance.agents import tools
 from appliance.db import pool as dbpool
@@ -25,6 +26,7 @@ from appliance.engine import context, registry
 from appliance.isolation import steps
 
 COUNTED = "test.counted"
+TYPED = "test.typed"
 SLEEPY = "test.sleepy"
 FAILS = "test.fails"
 KILLS_WORKER = "test.kills_worker"
@@ -90,6 +92,24 @@ async def counted(ctx: context.TaskContext, task_input: Any) -> Any:
     two = await ctx.step("two", _gated, ctx.task_id, ctx.attempt, gate, hold)
     three = await ctx.step("three", _plain, ctx.task_id, "three", ctx.attempt)
     return [one, two, three]
+
+
+class TypedInput(pydantic.BaseModel):
+    """The input test.typed declares: a count."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    count: int
+
+
+@registry.workflow(TYPED, input_model=TypedInput)
+async def typed(ctx: context.TaskContext, task_input: Any) -> Any:
+    """One step that echoes the declared input's count."""
+    return await ctx.step("echo", _echo, int(task_input["count"]))
+
+
+async def _echo(count: int) -> int:
+    return count
 
 
 async def _sleep(seconds: float) -> float:
