@@ -139,7 +139,8 @@ class Console:
         on_waiting: Callable[[str], None],
         serve_socket: Path | None = None,
     ) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        # A client that goes away cancels its handler (an event stream ends at once).
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         self._serve_socket = serve_socket
         self._host = host
         self._port = port
