@@ -172,7 +172,8 @@ class Console:
     @property
     def port(self) -> int:
         for address in self._runner.addresses:
-            return int(address[1])
+            if isinstance(address, tuple):  # not the serve socket's path
+                return int(address[1])
         return 0
 
     async def _bind_when_tailnet_is_up(self) -> None:

@@ -37,8 +37,13 @@ CHECKS = [
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def served(db: dbpool.Pool, database_dsn: str, tmp_path: Path) -> AsyncIterator[str]:
-    """The base URL of a daemon's console on 127.0.0.1 (no test workflows registered)."""
-    overrides: dict[str, Any] = {"engine.workflow_modules": []}
+    """The base URL of a daemon's console on 127.0.0.1 (no test workflows registered), also
+    on the serve socket `<tmp_path>/console.sock` with a grant of viewer in acme to Alice."""
+    overrides: dict[str, Any] = {
+        "engine.workflow_modules": [],
+        "console.serve_socket": str(tmp_path / "console.sock"),
+        "console.grants": [{"login": "alice@example.com", "tenants": ["acme"], "role": "viewer"}],
+    }
     async with daemon.running(database_dsn, tmp_path, name="console", overrides=overrides) as run:
         yield f"http://127.0.0.1:{run.health_port}"
 
@@ -99,6 +104,27 @@ class TestOpenApi:
 
         assert me["via"] == "loopback"
         assert me["roles"] == {"acme": "admin", "default": "admin", "globex": "admin"}
+
+    async def test_the_serve_socket_is_private_and_trusts_the_headers(
+        self, served: str, tmp_path: Path
+    ) -> None:
+        """The daemon's serve socket is mode 0600; there the headers name the person."""
+        path = tmp_path / "console.sock"
+        headers = {"Tailscale-User-Login": "alice@example.com", "X-Forwarded-For": "100.64.0.9"}
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(path)), headers=headers
+            ) as session,
+            session.get("http://console.example.ts.net/api/v1/me") as answer,
+        ):
+            me = await answer.json()
+
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert (me["login"], me["via"], me["roles"]) == (
+            "alice@example.com",
+            "serve",
+            {"acme": "viewer"},
+        )
 
     async def test_fuzzing_finds_no_server_error_and_no_schema_violation(self, served: str) -> None:
         """Generated requests to every operation: no 5xx, every answer fits the document."""

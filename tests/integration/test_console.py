@@ -157,6 +157,19 @@ class TestWhoIsAsking:
 
         assert status == 403
 
+    async def test_whois_without_tailscaled_is_503_with_retry_after(
+        self, served: console.Console, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """tailscaled down: nobody can be known, so 503 (try again), never a guess."""
+        monkeypatch.setenv("FAKE_TAILSCALE_STATE", "DaemonDown")
+        async with (
+            served.client(console.ALICE) as alice,
+            alice.session.get("/api/v1/me") as answer,
+        ):
+            status, retry = answer.status, answer.headers.get("Retry-After")
+
+        assert (status, retry) == (503, "1")
+
     async def test_health_needs_no_identity(self, served: console.Console) -> None:
         """/healthz and /readyz answer anyone (a load balancer, a tagged device)."""
         async with served.client(console.PROMETHEUS) as device:
