@@ -25,7 +25,6 @@ the park sees it at its commit and queues the task at once (migration 0009).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -190,10 +189,10 @@ async def expire_overdue(conn: pool.Connection | pool.Pool) -> int:
     return await dbapprovals.expire_approvals(conn)
 
 
-async def sweep(conn: pool.Connection | pool.Pool, *, every: float, stop: asyncio.Event) -> None:
-    """The daemon's loop: expire overdue requests every `every` seconds until `stop` is set.
+async def sweep(conn: pool.Connection | pool.Pool, *, every: float) -> None:
+    """The daemon's loop: expire overdue requests every `every` seconds until cancelled.
     A failure (Postgres away) is logged and the next round tries again."""
-    while not stop.is_set():
+    while True:
         try:
             expired = await expire_overdue(conn)
         except errors.ApplianceError as exc:
@@ -205,6 +204,4 @@ async def sweep(conn: pool.Connection | pool.Pool, *, every: float, stop: asynci
                     expired,
                     extra={"event": "approvals.expired", "count": expired},
                 )
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(every):
-                await stop.wait()
+        await asyncio.sleep(every)

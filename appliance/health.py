@@ -64,7 +64,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def _retry_after(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def retry_after(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every 503 of this app a Retry-After, whichever route answered it."""
     try:
         response = await handler(request)
@@ -87,13 +87,11 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "not ready", "reasons": readiness.reasons()}, status=503)
 
 
-def build_app(readiness: Readiness) -> web.Application:
-    """The app (built, never run here)."""
-    app = web.Application(middlewares=[_retry_after])
+def add_routes(app: web.Application, readiness: Readiness) -> None:
+    """/healthz and /readyz on `app` (whose middlewares include `retry_after`)."""
     app[READINESS] = readiness
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    return app
 
 
 class NotReadyError(errors.StateError):

@@ -236,6 +236,54 @@ class MeshSettings(_Section):
         return value
 
 
+ROLES = ("viewer", "operator", "approver", "admin")
+EVERY_TENANT = "*"
+
+
+class ConsoleGrant(_Section):
+    """One person's role in some tenants (`[[console.grants]]`)."""
+
+    login: str = pydantic.Field(
+        min_length=1, description="the tailnet login name (user@example.com)"
+    )
+    tenants: tuple[str, ...] = pydantic.Field(
+        min_length=1, description="the tenants the role holds in; '*' for every tenant"
+    )
+    role: Literal["viewer", "operator", "approver", "admin"] = pydantic.Field(
+        description="viewer < operator (submit, cancel, retry) < approver < admin"
+    )
+
+    @pydantic.field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tenant in value:
+            if tenant != EVERY_TENANT and not re.fullmatch(_NAME, tenant):
+                raise ValueError(f"{tenant!r} is not a tenant id (nor '*' for every tenant)")
+        return value
+
+
+class ConsoleSettings(_Section):
+    """Who may use the console, and how a request's person is known (README: Console)."""
+
+    grants: tuple[ConsoleGrant, ...] = pydantic.Field(
+        default=(), description="roles of tailnet logins per tenant: [[console.grants]]"
+    )
+    capability: str = pydantic.Field(
+        default="",
+        description="the tailnet app capability whose grants name tenants and a role "
+        '({"tenants": ["acme"], "role": "operator"}), in a domain you control '
+        "(example.com/cap/appliance); empty: only console.grants count",
+    )
+    serve_socket: Path | None = pydantic.Field(
+        default=None,
+        description="a unix socket the console also listens on, for `tailscale serve "
+        "unix:PATH`: the Tailscale-User-* identity headers are trusted there, never on TCP",
+    )
+    whois_cache_seconds: float = pydantic.Field(
+        default=10.0, ge=0, description="how long a tailnet peer's whois answer is reused"
+    )
+
+
 class VaultSettings(_Section):
     source: Literal["file", "credential", "keyring"] = pydantic.Field(
         default="file",
@@ -546,6 +594,7 @@ class Settings(_Section):
     vault: VaultSettings = pydantic.Field(default_factory=VaultSettings)
     isolation: IsolationSettings = pydantic.Field(default_factory=IsolationSettings)
     approvals: ApprovalSettings = pydantic.Field(default_factory=ApprovalSettings)
+    console: ConsoleSettings = pydantic.Field(default_factory=ConsoleSettings)
     ingress: IngressSettings = pydantic.Field(default_factory=IngressSettings)
     backup: BackupSettings = pydantic.Field(default_factory=BackupSettings)
     watches: tuple[Watch, ...] = pydantic.Field(

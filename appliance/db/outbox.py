@@ -6,6 +6,8 @@ transaction as the state change they announce; nothing here inserts or deletes o
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -85,3 +87,30 @@ async def count_pending_events(conn: pool.Connection | pool.Pool) -> Backlog:
     if row is None:
         return Backlog(0, 0, None)
     return Backlog(row["pending"], row["failing"], row["oldest_seconds"])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """What an outbox event says changed (not its payload): the console's live stream."""
+
+    seq: int
+    type: str
+    tenant_id: str
+    task_id: int | None
+    created_at: dt.datetime
+
+
+async def list_events_after(
+    conn: pool.Connection | pool.Pool, *, seq: int, limit: int
+) -> list[Change]:
+    """The events after `seq`, delivered or not, in order."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["list_events_after"], seq, limit)
+    return [Change(**pool.record_dict(row)) for row in rows]
+
+
+async def latest_event_seq(conn: pool.Connection | pool.Pool) -> int:
+    """The newest event's sequence number (0 when there is none)."""
+    with pool.translated():
+        seq: int = await conn.fetchval(_Q["latest_event_seq"])
+    return seq

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from typing import Any
@@ -277,3 +278,63 @@ async def resume_waiting(
     with pool.translated():
         count: int = await conn.fetchval(_Q["resume_waiting"], tenant_id, reason_prefix, actor)
     return count
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """How list_tasks_page and count_tasks_matching narrow the tasks of some tenants."""
+
+    tenants: Sequence[str]
+    state: str | None = None
+    workflow: str | None = None
+    agent: str | None = None
+    text: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def arguments(self) -> tuple[Any, ...]:
+        return (
+            list(self.tenants),
+            self.state,
+            self.workflow,
+            self.agent,
+            self.text,
+            self.since,
+            self.until,
+        )
+
+
+async def list_tasks_page(
+    conn: pool.Connection | pool.Pool, query: TaskQuery, *, before: int | None, limit: int
+) -> list[models.Task]:
+    """A page of the tasks matching `query`, newest first, ids below `before`."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["list_tasks_page"], *query.arguments(), before, limit)
+    return [_task(row) for row in rows]
+
+
+async def count_tasks_matching(conn: pool.Connection | pool.Pool, query: TaskQuery) -> int:
+    """How many tasks match `query`."""
+    with pool.translated():
+        count: int = await conn.fetchval(_Q["count_tasks_matching"], *query.arguments())
+    return count
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueCount:
+    """Tasks of one tenant, workflow and state not yet ended; the oldest one's age."""
+
+    tenant_id: str
+    workflow: str
+    state: str
+    tasks: int
+    oldest_seconds: float
+
+
+async def count_queue(
+    conn: pool.Connection | pool.Pool, tenants: Sequence[str]
+) -> list[QueueCount]:
+    """The queue of these tenants per workflow and state."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["count_queue"], list(tenants))
+    return [QueueCount(**pool.record_dict(row)) for row in rows]

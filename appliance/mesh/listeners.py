@@ -152,8 +152,11 @@ class Console:
         policy: exposure.Policy,
         mesh: tailscale.Tailscale | None,
         on_waiting: Callable[[str], None],
+        serve_socket: Path | None = None,
     ) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        # A client that goes away cancels its handler (an event stream ends at once).
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        self._serve_socket = serve_socket
         self._host = host
         self._port = port
         self.policy = policy
@@ -165,8 +168,11 @@ class Console:
         self.addresses: list[str] = []
 
     async def start(self) -> None:
-        """Bind now when the addresses are known, else wait for the tailnet in the background."""
+        """Bind now when the addresses are known, else wait for the tailnet in the background;
+        the `tailscale serve` unix socket, if configured, at once."""
         await self._runner.setup()
+        if self._serve_socket is not None:
+            await self._bind_unix(self._serve_socket)
         if self._host != settings.TAILNET:
             await self._bind([self._host])
             return
@@ -181,7 +187,8 @@ class Console:
     @property
     def port(self) -> int:
         for address in self._runner.addresses:
-            return int(address[1])
+            if isinstance(address, tuple):  # not the serve socket's path
+                return int(address[1])
         return 0
 
     async def _bind_when_tailnet_is_up(self) -> None:
@@ -232,6 +239,26 @@ class Console:
             extra={"event": "console.listening", "addresses": self.addresses},
         )
         self.bound.set()
+
+    async def _bind_unix(self, path: Path) -> None:
+        """The socket `tailscale serve unix:PATH` proxies to: its owner only (tailscaled runs
+        as root); a stale socket file from an earlier run is replaced."""
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_socket():
+                path.unlink()
+        site = web.UnixSite(self._runner, str(path))
+        try:
+            await site.start()
+            path.chmod(0o600)
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"console.serve_socket: cannot listen on {path}: {exc.strerror}"
+            ) from exc
+        log.info(
+            "console listening on %s (for tailscale serve)",
+            path,
+            extra={"event": "console.listening_unix", "path": str(path)},
+        )
 
     async def close(self) -> None:
         if self._task is not None:

@@ -171,6 +171,8 @@ class Identity:
     tags: tuple[str, ...]
     node_name: str  # the node's MagicDNS name without its trailing dot
     display_name: str = ""
+    # The peer's app capabilities (`CapMap`): capability name -> the grants' JSON values.
+    capabilities: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def tagged(self) -> bool:
@@ -190,11 +192,18 @@ class Identity:
         profile = profile if isinstance(profile, Mapping) else {}
         tags = _strings(node.get("Tags"))
         login = _string(profile.get("LoginName"))
+        capabilities = document.get("CapMap")
         return cls(
             login_name=None if tags or login in ("", TAGGED_DEVICES) else login,
             tags=tags,
             node_name=_string(node.get("Name")).removesuffix("."),
             display_name=_string(profile.get("DisplayName")),
+            capabilities={
+                str(name): tuple(values) if isinstance(values, list) else ()
+                for name, values in (capabilities or {}).items()
+            }
+            if isinstance(capabilities, Mapping)
+            else {},
         )
 
 

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 Executor = dbpool.Pool | dbpool.Connection
 
 SUBMIT_CONFIG = settings.EngineSettings(node_name="test", max_attempts=3)
+STAND_IN = Path(__file__).resolve().parents[1] / "support" / "bin" / "tailscale"
 LEASE_SECONDS = 2.0
 
 
@@ -376,6 +377,42 @@ class TestShutdown:
             "released",
             "succeeded",
         ]
+
+
+class TestConsoleFailure:
+    async def test_a_console_that_cannot_bind_after_the_worker_started_releases_its_tasks(
+        self,
+        tables: dbpool.Pool,
+        database_dsn: str,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The tailnet comes up on an address the box cannot bind while a step runs: exit 78,
+        the running task released to the queue, not left held by a dead worker."""
+        state = tmp_path / "tailscale-state.json"
+        state.write_text(json.dumps({"BackendState": "NeedsLogin"}), encoding="utf-8")
+        monkeypatch.setenv("FAKE_TAILSCALE_STATE_FILE", str(state))
+        overrides = {
+            "health.host": settings.TAILNET,
+            "mesh.tailscale": str(STAND_IN),
+            "engine.shutdown_grace_seconds": 0.2,
+        }
+        edge = await daemon.spawn(database_dsn, tmp_path, name="edge", overrides=overrides)
+        try:
+            task_id = await submit(tables, workflows.COUNTED, {"gate": str(tmp_path / "never")})
+            await wait_for_step(tables, task_id, "two", attempt=1, daemons=[edge])
+            # The stand-in's Running node has 100.104.58.51, an address this box does not hold.
+            state.write_text(json.dumps({"BackendState": "Running"}), encoding="utf-8")
+            code = await edge.wait_exit()
+        finally:
+            await edge.kill()
+
+        assert code == 78, edge.tail()
+        assert "cannot listen on 100.104.58.51" in "\n".join(edge.lines)
+        task = await dbtasks.get_task(tables, task_id)
+        assert task is not None
+        assert task.state == "queued"
+        assert [outcome for _, _, outcome in await attempts(tables, task_id)] == ["released"]
 
 
 class TestNodeName:

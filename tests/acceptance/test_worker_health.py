@@ -52,7 +52,9 @@ def private_address() -> str | None:
 @contextlib.asynccontextmanager
 async def health_app(readiness: health.Readiness) -> AsyncIterator[int]:
     """The daemon's own health app, served on 127.0.0.1 at a fresh port, for the block."""
-    runner = web.AppRunner(health.build_app(readiness))
+    app = web.Application(middlewares=[health.retry_after])
+    health.add_routes(app, readiness)
+    runner = web.AppRunner(app)
     await runner.setup()
     port = daemon.free_port()
     try:

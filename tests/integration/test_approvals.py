@@ -337,19 +337,19 @@ class TestExpiry:
         assert (await approvals.get(db, current.approval_id)).state == "pending"
         assert await approvals.expire_overdue(db) == 0
 
-    async def test_the_sweep_expires_until_stopped(self, db: dbpool.Pool) -> None:
-        """The daemon's loop expires an overdue request and ends when told to stop."""
+    async def test_the_sweep_expires_until_cancelled(self, db: dbpool.Pool) -> None:
+        """The daemon's loop expires an overdue request and ends when cancelled."""
         approval = await ask(db, await idle_task(db), timeout=MOMENT)
-        stop = asyncio.Event()
-        sweeping = asyncio.create_task(approvals.sweep(db, every=0.01, stop=stop))
+        sweeping = asyncio.create_task(approvals.sweep(db, every=0.01))
 
         async def expired() -> bool:
             return (await approvals.get(db, approval.approval_id)).state == "expired"
 
         await support.wait_until(expired, what="the sweep to expire the request")
-        stop.set()
+        sweeping.cancel()
         async with asyncio.timeout(support.WAIT_SECONDS):
-            await sweeping
+            await asyncio.wait([sweeping])
+        assert sweeping.cancelled()
 
 
 class TestResume:
@@ -410,13 +410,12 @@ class TestResume:
         reg = gated(db, runs, timeout=MOMENT)
         cfg = support.engine_settings(node_name="approvals")
         task_id = await support.submit(db, reg, cfg, workflow=GATED)
-        stop = asyncio.Event()
         async with support.running_worker(db, database_dsn, cfg, reg) as w:
             await parked(db, w, task_id)
-            sweeping = asyncio.create_task(approvals.sweep(db, every=0.01, stop=stop))
+            sweeping = asyncio.create_task(approvals.sweep(db, every=0.01))
             task = await support.wait_for_state(db, task_id, workers=[w])
-            stop.set()
-            await sweeping
+            sweeping.cancel()
+            await asyncio.wait([sweeping])
 
         assert task.output == {"refunded": None, "state": "expired"}
         assert runs["refund"] == 0

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pydantic
 
 from appliance.agents import tools
 from appliance.db import pool as dbpool
@@ -27,6 +28,7 @@ from appliance.isolation import steps
 
 COUNTED = "test.counted"
 DELIVERED = "test.delivered"
+TYPED = "test.typed"
 SLEEPY = "test.sleepy"
 FAILS = "test.fails"
 KILLS_WORKER = "test.kills_worker"
@@ -98,6 +100,24 @@ async def counted(ctx: context.TaskContext, task_input: Any) -> Any:
 async def delivered(ctx: context.TaskContext, task_input: Any) -> Any:
     """test.counted with the options of a webhook delivery's body."""
     return await counted(ctx, task_input["body"])
+
+
+class TypedInput(pydantic.BaseModel):
+    """The input test.typed declares: a count."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    count: int
+
+
+@registry.workflow(TYPED, input_model=TypedInput)
+async def typed(ctx: context.TaskContext, task_input: Any) -> Any:
+    """One step that echoes the declared input's count."""
+    return await ctx.step("echo", _echo, int(task_input["count"]))
+
+
+async def _echo(count: int) -> int:
+    return count
 
 
 async def _sleep(seconds: float) -> float:

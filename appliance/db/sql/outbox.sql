@@ -51,3 +51,15 @@ SELECT count(*) AS pending, count(*) FILTER (WHERE attempts > 0) AS failing,
        extract(epoch FROM now() - min(created_at))::double precision AS oldest_seconds
   FROM appliance.outbox_events
  WHERE delivered_at IS NULL;
+
+-- name: list_events_after
+-- The outbox events after sequence number $1 (delivered or not), in order; at most $2. What changed, not the payload.
+SELECT event_seq AS seq, type, tenant_id, task_id, created_at
+  FROM appliance.outbox_events
+ WHERE event_seq > $1
+ ORDER BY event_seq
+ LIMIT $2;
+
+-- name: latest_event_seq
+-- The sequence number of the newest outbox event (0 when there is none).
+SELECT coalesce(max(event_seq), 0) FROM appliance.outbox_events;

@@ -114,3 +114,44 @@ SELECT state, count(*) AS n FROM appliance.tasks GROUP BY state;
 -- name: resume_waiting
 -- Requeue tenant $1's tasks waiting for a reason starting with $2; returns how many.
 SELECT appliance.resume_waiting($1, $2, $3);
+
+-- name: list_tasks_page
+-- A page of tasks of tenants $1, newest first, narrowed by state $2, workflow $3, agent $4, text $5 in the input or error, created in [$6, $7), id below $8; at most $9.
+SELECT task_id, tenant_id, workflow, input, state, wait_reason, priority, run_after, attempts,
+       max_attempts, crashes, max_crashes, idempotency_key, concurrency_key, lease_node,
+       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at
+  FROM appliance.tasks
+ WHERE tenant_id = ANY ($1::text[])
+   AND ($2::text IS NULL OR state = $2)
+   AND ($3::text IS NULL OR workflow = $3)
+   AND ($4::text IS NULL OR (workflow = 'agent.run' AND input ->> 'agent' = $4))
+   AND ($5::text IS NULL OR strpos(lower(input::text), lower($5)) > 0
+        OR strpos(lower(coalesce(error, '')), lower($5)) > 0)
+   AND ($6::timestamptz IS NULL OR created_at >= $6)
+   AND ($7::timestamptz IS NULL OR created_at < $7)
+   AND ($8::bigint IS NULL OR task_id < $8)
+ ORDER BY task_id DESC
+ LIMIT $9;
+
+-- name: count_tasks_matching
+-- How many tasks of tenants $1 match the narrowing of list_tasks_page ($2 to $7).
+SELECT count(*)
+  FROM appliance.tasks
+ WHERE tenant_id = ANY ($1::text[])
+   AND ($2::text IS NULL OR state = $2)
+   AND ($3::text IS NULL OR workflow = $3)
+   AND ($4::text IS NULL OR (workflow = 'agent.run' AND input ->> 'agent' = $4))
+   AND ($5::text IS NULL OR strpos(lower(input::text), lower($5)) > 0
+        OR strpos(lower(coalesce(error, '')), lower($5)) > 0)
+   AND ($6::timestamptz IS NULL OR created_at >= $6)
+   AND ($7::timestamptz IS NULL OR created_at < $7);
+
+-- name: count_queue
+-- Tasks of tenants $1 not yet ended, per tenant, workflow and state, with the oldest one's age in seconds.
+SELECT tenant_id, workflow, state, count(*) AS tasks,
+       greatest(extract(epoch FROM now() - min(created_at)), 0)::double precision
+           AS oldest_seconds
+  FROM appliance.tasks
+ WHERE state IN ('queued', 'running', 'waiting') AND tenant_id = ANY ($1::text[])
+ GROUP BY tenant_id, workflow, state
+ ORDER BY tenant_id, workflow, state;
