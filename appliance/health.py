@@ -87,10 +87,3 @@ def add_routes(app: web.Application, readiness: Readiness) -> None:
     app[READINESS] = readiness
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-
-
-def build_app(readiness: Readiness) -> web.Application:
-    """The app (built, never run here)."""
-    app = web.Application(middlewares=[retry_after])
-    add_routes(app, readiness)
-    return app

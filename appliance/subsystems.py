@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -46,10 +45,9 @@ from appliance.db import connection, migrations
 from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
 from appliance.engine import nodes, registry, submission, worker
-from appliance.ingress import credentials, guard, public, watch, webhooks
-from appliance.ingress import intake as ingress_intake
+from appliance.ingress import credentials, guard, port, watch
 from appliance.isolation import steps, supervisor
-from appliance.mesh import exposure, listeners, recheck, tailscale
+from appliance.mesh import listeners, recheck, tailscale
 
 log = logging.getLogger(__name__)
 
@@ -301,93 +299,14 @@ async def watches(config: settings.Settings, db: connection.Database) -> AsyncIt
 # ---- listeners -------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Ingress:
-    """The public webhook port (when enabled) and the gate's policy that declares it."""
-
-    policy: exposure.Policy
-    listener: public.Listener | None
-
-    @property
-    def port(self) -> int:
-        return self.listener.port if self.listener is not None else 0
-
-
-@contextlib.asynccontextmanager
-async def ingress(
+def ingress(
     config: settings.Settings,
     db: connection.Database,
     verifiers: credentials.Verifiers,
     listener: listeners.Console | None,
-) -> AsyncIterator[Ingress]:
-    """The one public port, then the exposure gate over everything this process listens on;
-    the console's gate (at its bind, and rechecking) knows the port's sockets from then on."""
-    if not config.ingress.enabled:
-        if config.mode == "ingress":
-            raise errors.ConfigError(
-                "mode = 'ingress' serves only the webhook port: set ingress.enabled and sources"
-            )
-        policy = listeners.policy_of(config)
-        exposure.gate_own_sockets(policy)
-        yield Ingress(policy, None)
-        return
-    intake = ingress_intake.DurableIntake(db.pool, registry.registry, config.engine)
-    intake.check(config.ingress.sources)
-    limits = _public_limits(config)
-    endpoint = webhooks.Endpoint(config.ingress, intake, verifiers=verifiers)
-    async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(intake.close)
-        try:
-            port = await public.listen(
-                endpoint, host=config.ingress.host, port=config.ingress.port, limits=limits
-            )
-        except OSError as exc:
-            raise errors.ConfigError(
-                f"ingress: cannot listen on {config.ingress.host}:{config.ingress.port}: "
-                f"{exc.strerror}"
-            ) from exc
-        stack.push_async_callback(port.close)
-        public_sockets = listeners.own_public_sockets(port.addresses)
-        policy = listeners.policy_of(config, public_sockets)
-        if listener is not None:
-            listener.policy = policy
-        exposure.gate_own_sockets(policy)
-        listeners.record_public_sockets(config.state_dir, public_sockets)
-        log.info(
-            "webhooks on %s:%d (%d source(s), at most %d connections, %d per address)",
-            config.ingress.host,
-            port.port,
-            len(config.ingress.sources),
-            limits.connections,
-            limits.per_address,
-            extra={
-                "event": "ingress.listening",
-                "port": port.port,
-                "max_connections": limits.connections,
-                "max_connections_per_address": limits.per_address,
-            },
-        )
-        yield Ingress(policy, port)
-
-
-def _public_limits(config: settings.Settings) -> public.Limits:
-    """The public port's limits, its connection cap fitted under the open-files limit."""
-    configured = config.ingress.max_connections
-    cap, limit = guard.fitted_connection_cap(configured, pool_max=config.database.pool_max)
-    if cap < guard.MINIMUM_CONNECTIONS:
-        raise errors.ConfigError(
-            f"ingress: the open-files limit ({limit}) leaves room for {cap} public connections; "
-            "raise it (LimitNOFILE= in the unit, or ulimit -n)"
-        )
-    if cap < configured:
-        log.warning(
-            "ingress.max_connections lowered from %d to %d to fit the open-files limit (%d)",
-            configured,
-            cap,
-            limit,
-            extra={"event": "ingress.connections_lowered", "max_connections": cap},
-        )
-    return public.Limits.of(config.ingress, connections=cap)
+) -> contextlib.AbstractAsyncContextManager[port.Ingress]:
+    """The one public port (when enabled) and the exposure gate (`ingress.port`)."""
+    return port.serving(config, db.pool, registry.registry, verifiers, listener)
 
 
 def console_host(config: settings.Settings, *, local: bool) -> str:

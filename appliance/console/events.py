@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -38,15 +38,25 @@ class _Listener:
         self.tenants = frozenset(tenants)
         self.batches: asyncio.Queue[list[services.Event] | None] = asyncio.Queue(QUEUE_LIMIT)
 
+    def end(self) -> None:
+        """End its stream (the app shuts down, or it fell too far behind): what it has not
+        read yet is dropped for the end mark."""
+        while True:
+            try:
+                self.batches.put_nowait(None)
+            except asyncio.QueueFull:
+                self.batches.get_nowait()
+            else:
+                return
+
     def offer(self, batch: Sequence[services.Event]) -> None:
         mine = [event for event in batch if event.tenant_id in self.tenants]
         if not mine:
             return
         try:
             self.batches.put_nowait(mine)
-        except asyncio.QueueFull:  # too slow: end its stream; the browser reconnects and replays
-            self.batches = asyncio.Queue(1)
-            self.batches.put_nowait(None)
+        except asyncio.QueueFull:  # too slow: the browser reconnects and replays what it missed
+            self.end()
 
 
 class Hub:
@@ -89,6 +99,9 @@ class Hub:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def close(self) -> None:
+        """Every stream ends (so the app's shutdown waits for none), and the poller stops."""
+        for listener in list(self._listeners):
+            listener.end()
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.wait([self._poller])
@@ -100,11 +113,10 @@ HUB = web.AppKey("events_hub", Hub)
 def add_routes(app: web.Application, services_of: ServicesOf, person_of: PersonOf) -> None:
     app[HUB] = Hub()
 
-    async def close_hub(app: web.Application) -> AsyncIterator[None]:
-        yield
+    async def close_hub(app: web.Application) -> None:
         await app[HUB].close()
 
-    app.cleanup_ctx.append(close_hub)
+    app.on_shutdown.append(close_hub)
 
     async def stream(request: web.Request) -> web.StreamResponse:
         return await _stream(request, services_of(request), person_of(request))

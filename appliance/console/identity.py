@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from appliance import errors, settings
+from appliance import settings
 from appliance.mesh import tailscale
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,3 @@ def _capabilities(value: str) -> dict[str, list[Any]]:
 def describe_refusal(refusal: Refusal) -> str:
     """One line for logs and plain-text answers."""
     return f"{refusal.login}: {refusal.reason}; to let them in: {refusal.remedy}"
-
-
-class UnknownPeerError(errors.NotAllowedError):
-    """The console does not know who is asking."""

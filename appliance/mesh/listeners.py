@@ -139,7 +139,8 @@ class Console:
         on_waiting: Callable[[str], None],
         serve_socket: Path | None = None,
     ) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        # A client that goes away cancels its handler (an event stream ends at once).
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         self._serve_socket = serve_socket
         self._host = host
         self._port = port
@@ -171,7 +172,8 @@ class Console:
     @property
     def port(self) -> int:
         for address in self._runner.addresses:
-            return int(address[1])
+            if isinstance(address, tuple):  # not the serve socket's path
+                return int(address[1])
         return 0
 
     async def _bind_when_tailnet_is_up(self) -> None:

@@ -157,6 +157,19 @@ class TestWhoIsAsking:
 
         assert status == 403
 
+    async def test_whois_without_tailscaled_is_503_with_retry_after(
+        self, served: console.Console, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """tailscaled down: nobody can be known, so 503 (try again), never a guess."""
+        monkeypatch.setenv("FAKE_TAILSCALE_STATE", "DaemonDown")
+        async with (
+            served.client(console.ALICE) as alice,
+            alice.session.get("/api/v1/me") as answer,
+        ):
+            status, retry = answer.status, answer.headers.get("Retry-After")
+
+        assert (status, retry) == (503, "1")
+
     async def test_health_needs_no_identity(self, served: console.Console) -> None:
         """/healthz and /readyz answer anyone (a load balancer, a tagged device)."""
         async with served.client(console.PROMETHEUS) as device:
@@ -357,3 +370,45 @@ class TestCrossSite:
             assert "script-src 'self'" in policy
             assert "unsafe-inline" not in policy
             assert "frame-ancestors 'none'" in policy
+
+
+class TestLiveStream:
+    async def test_a_listener_gets_its_tenants_changes_and_never_another_tenants(
+        self, served: console.Console, db: dbpool.Pool
+    ) -> None:
+        """globex's task, then acme's: Alice's stream brings acme's and nothing of globex."""
+        async with (
+            served.client(console.ALICE) as alice,
+            alice.session.get("/api/v1/events") as stream,
+        ):
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            await task_of(db, "globex")
+            mine = await task_of(db, "acme")
+            events = await console.read_events(stream, until=lambda e: e.data["task_id"] == mine)
+
+        assert {e.data["tenant_id"] for e in events} == {"acme"}
+        assert events[-1].event == "task.submitted"
+        assert events[-1].id == events[-1].data["seq"]
+
+    async def test_a_reconnect_with_last_event_id_gets_what_it_missed(
+        self, served: console.Console, db: dbpool.Pool
+    ) -> None:
+        """Events after Last-Event-ID come first (acme's only), then the live ones."""
+        async with served.client(console.ALICE) as alice:
+            async with alice.session.get("/api/v1/events") as stream:
+                seen = await task_of(db, "acme")
+                [*_, last] = await console.read_events(
+                    stream, until=lambda e: e.data["task_id"] == seen
+                )
+            missed = await task_of(db, "acme")
+            await task_of(db, "globex")
+            headers = {"Last-Event-ID": str(last.id)}
+            async with alice.session.get("/api/v1/events", headers=headers) as again:
+                live = await task_of(db, "acme")
+                events = await console.read_events(again, until=lambda e: e.data["task_id"] == live)
+
+        task_ids = [e.data["task_id"] for e in events]
+        assert task_ids[0] == missed
+        assert task_ids[-1] == live
+        assert {e.data["tenant_id"] for e in events} == {"acme"}
+        assert all(e.id > last.id for e in events)

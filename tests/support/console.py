@@ -9,10 +9,11 @@ tailnet. The stand-in's peers file gives each a node, a login and app capabiliti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,36 @@ class Client:
             return answer.status, await _body(answer)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    """One Server-Sent Event as a client reads it."""
+
+    id: int
+    event: str
+    data: dict[str, Any]
+
+
+async def read_events(
+    answer: aiohttp.ClientResponse, *, until: Callable[[Sent], bool], timeout: float = 10.0
+) -> list[Sent]:
+    """The events of an open stream up to the first for which `until` is true."""
+    found: list[Sent] = []
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await answer.content.readline()).decode().rstrip("\n")
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+                continue
+            if "id" in fields:
+                sent = Sent(int(fields["id"]), fields["event"], json.loads(fields["data"]))
+                found.append(sent)
+                if until(sent):
+                    return found
+            fields = {}
+
+
 async def _body(answer: aiohttp.ClientResponse) -> Any:
     if answer.content_type == "application/json":
         return await answer.json()
@@ -161,7 +192,8 @@ async def serving(
     backend = console_web.Backend()
     backend.attach(operations.build(pool, config))
     readiness = health.Readiness(database=True, database_reason="", schema_current=True)
-    runner = web.AppRunner(console_web.build(readiness, backend, resolvers), access_log=None)
+    app = console_web.build(readiness, backend, resolvers)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     socket_path = folder / "console.sock"
     try:

@@ -26,8 +26,9 @@ def readiness() -> health.Readiness:
 async def client(
     readiness: health.Readiness,
 ) -> AsyncIterator[test_utils.TestClient[web.Request, web.Application]]:
-    """The health app on a loopback port, with a route that answers 503 by itself."""
-    app = health.build_app(readiness)
+    """The health routes on a loopback port, with a route that answers 503 by itself."""
+    app = web.Application(middlewares=[health.retry_after])
+    health.add_routes(app, readiness)
 
     async def busy(_: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(text="the database is away")
