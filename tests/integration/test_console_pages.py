@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,12 @@ import pytest
 import pytest_asyncio
 
 from appliance import approvals
-from appliance.agents import costs
+from appliance.agents import costs, definitions
 from appliance.db import audit as dbaudit
-from appliance.db import costs as dbcosts
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.engine import registry
-from tests.support import console, workflows
+from tests.support import console, ledger, workflows
 from tests.support import engine as support
 
 pytestmark = pytest.mark.timeout(60)
@@ -85,31 +83,6 @@ async def submit_form(
         path, data=form, allow_redirects=False, headers={"Accept": "text/html"}
     ) as answer:
         return answer.status, answer.headers.get("Location", ""), await answer.text()
-
-
-async def model_call(db: dbpool.Pool, tenant: str, task_id: int | None, cost: str) -> None:
-    """One row of the ledger, through the real insert."""
-    await dbcosts.record_model_call(
-        db,
-        tenant_id=tenant,
-        task_id=task_id,
-        position=1 if task_id else None,
-        agent="support",
-        agent_version=1,
-        model="claude-sonnet-4-6",
-        request_id="req_1",
-        started_at=dt.datetime.now(dt.UTC),
-        latency_ms=812.5,
-        input_tokens=120,
-        cache_creation_input_tokens=2000,
-        cache_write_5m_tokens=2000,
-        cache_write_1h_tokens=0,
-        cache_read_input_tokens=0,
-        output_tokens=40,
-        cost_usd=Decimal(cost),
-        uncached_cost_usd=Decimal(cost) * 2,
-        cache_note=None,
-    )
 
 
 class TestTasksPage:
@@ -254,7 +227,7 @@ class TestTimeline:
         await support.record_step_as(
             db, task_id=task_id, worker="w1", attempt=1, name="one", position=0
         )
-        await model_call(db, "acme", task_id, "0.004200")
+        await ledger.record_call(db, "acme", task_id, "0.004200")
         async with served.client(console.CAROL) as carol:
             status, html = await page(carol, f"/tasks/{task_id}")
 
@@ -343,9 +316,9 @@ class TestCostPage:
         self, db: dbpool.Pool, served: console.Console
     ) -> None:
         """Cost per tenant as `appliance cost --by tenant` computes and prints it."""
-        await model_call(db, "acme", None, "0.012345")
-        await model_call(db, "acme", None, "0.000655")
-        await model_call(db, "globex", None, "9.000000")
+        await ledger.record_call(db, "acme", None, "0.012345")
+        await ledger.record_call(db, "acme", None, "0.000655")
+        await ledger.record_call(db, "globex", None, "9.000000")
         [expected] = await costs.cost_report(db, by="tenant", since=None, tenant_id="acme")
         async with served.client(console.ALICE) as alice:
             status, html = await page(alice, "/costs")
@@ -377,6 +350,48 @@ class TestAuditPage:
         assert kind == "application/x-ndjson"
         lines = [json.loads(line) for line in exported.splitlines()]
         assert [(e["task_id"], e["action"]) for e in lines] == [(task_id, "task.submitted")]
+
+
+class TestWorkforcePage:
+    async def test_the_hours_count_attempts_and_the_queue_its_tasks(
+        self, db: dbpool.Pool, served: console.Console
+    ) -> None:
+        """A claimed task is one attempt this hour and held by its node; idle hours are idle."""
+        await task_of(db, "acme")
+        await task_of(db, "acme")
+        await support.fake_claim(
+            db, registry.registry, worker_id="w1", node="node-a", lease_seconds=30
+        )
+        async with served.client(console.ALICE) as alice:
+            status, html = await page(alice, "/workforce")
+
+        assert status == 200
+        hours = html.split('id="hours">')[1].split("</p>")[0]
+        assert hours.count("attempt(s) started") == 1
+        assert "1 attempt(s) started" in hours
+        queue = html.split('id="queue"')[1].split("</table>")[0]
+        assert ">running<" in queue
+        assert ">queued<" in queue
+
+    async def test_an_agents_persona_is_shown_as_a_diff_between_versions(
+        self, db: dbpool.Pool, served: console.Console, tmp_path: Path
+    ) -> None:
+        """Version 2 against 1: the removed line with -, the added line with +."""
+        for persona in ("Be brief.\nSign as Support.", "Be brief.\nSign as the Acme team."):
+            path = tmp_path / "support.toml"
+            path.write_text(
+                f'name = "support"\nmodel = "claude-sonnet-4-6"\npersona = """{persona}"""\n'
+            )
+            await definitions.apply(db, definitions.load(path), tenant_id="acme", actor="t")
+        async with served.client(console.CAROL) as carol:
+            _, listing = await page(carol, "/workforce")
+            status, html = await page(carol, "/workforce/agents/acme/support")
+
+        assert "diff v1 → v2" in listing
+        assert status == 200
+        diff = html.split('id="persona-diff">')[1].split("</pre>")[0]
+        assert '<span class="del">-Sign as Support.</span>' in diff
+        assert '<span class="add">+Sign as the Acme team.</span>' in diff
 
 
 class TestOtherPages:

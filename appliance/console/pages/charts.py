@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 WIDTH = 720
 HEIGHT = 200
-LEFT = 70
+LEFT = 84
 BOTTOM = 36
 TOP = 10
 SERIES_CLASSES = 8

@@ -72,7 +72,8 @@ WITH hours AS (
 SELECT h.hour,
        count(r.started_at) FILTER (WHERE r.started_at >= h.hour) AS attempts,
        coalesce(sum(extract(epoch FROM least(r.ended_at, h.hour + interval '1 hour')
-                                       - greatest(r.started_at, h.hour))), 0)::double precision
+                                       - greatest(r.started_at, h.hour)))
+                    FILTER (WHERE r.started_at IS NOT NULL), 0)::double precision
            AS busy_seconds,
        coalesce(max(e.ended), 0) AS ended
   FROM hours h
