@@ -39,10 +39,12 @@ class Details:
         self._schemes = {(s.tenant, s.name): s.scheme for s in config.ingress.sources}
 
     async def trace(self, task_id: int, tenant_id: str) -> details.TaskTrace:
-        calls = await dbconsole.list_task_model_calls(self._pool, task_id)
-        leases = await dbconsole.list_task_leases(self._pool, task_id)
-        delivery = await dbconsole.get_task_delivery(self._pool, task_id)
-        chain = await dbconsole.find_task_chain_breaks(self._pool, task_id)
+        calls, leases, delivery, chain = await asyncio.gather(
+            dbconsole.list_task_model_calls(self._pool, task_id),
+            dbconsole.list_task_leases(self._pool, task_id),
+            dbconsole.get_task_delivery(self._pool, task_id),
+            dbconsole.find_task_chain_breaks(self._pool, task_id),
+        )
         return details.TaskTrace(
             model_calls=[
                 details.ModelCallView(

@@ -7,6 +7,7 @@ request's tenant; the vote names the person's login and node.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import difflib
 import json
@@ -46,14 +47,14 @@ async def task_page(visit: visits.Visit) -> web.StreamResponse:
     if task is None:
         raise errors.NotFoundError(f"no task {task_id}")
     visit.need(task.tenant_id, identity.Role.VIEWER, f"task {task_id}")
-    entries = await visit.services.audit.search(
-        [task.tenant_id], services.AuditQuery(task_id=task_id, limit=1000)
+    found_entries, approvals, trace = await asyncio.gather(
+        visit.services.audit.search(
+            [task.tenant_id], services.AuditQuery(task_id=task_id, limit=1000)
+        ),
+        visit.services.approvals.list([task.tenant_id], pending_only=False, task_id=task_id),
+        visit.details.trace(task_id, task.tenant_id),
     )
-    entries = sorted(entries, key=lambda e: (e.created_at, e.chain, e.seq))
-    approvals = await visit.services.approvals.list(
-        [task.tenant_id], pending_only=False, task_id=task_id
-    )
-    trace = await visit.details.trace(task_id, task.tenant_id)
+    entries = sorted(found_entries, key=lambda e: (e.created_at, e.chain, e.seq))
     now = dt.datetime.now(dt.UTC)
     found = timeline.spans(task, entries, approvals, trace, now=now)
     cost = sum((Decimal(c.cost_usd) for c in trace.model_calls), Decimal(0))
@@ -134,10 +135,14 @@ async def costs_page(visit: visits.Visit) -> web.StreamResponse:
     query: _CostQuery = visits.parsed(_CostQuery, visits.given(visit.request.query, "since"))
     since = query.since or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=COST_DAYS - 1))
     tenants = await visit.tenants()
-    reports = {
-        by: await visit.services.costs.report(tenants, by=by, since=since) for by in COST_GROUPS
-    }
-    budgets = await visit.services.costs.budgets(tenants)
+    # The groupings are independent queries: asked at once, the page waits for the slowest.
+    found, budgets = await asyncio.gather(
+        asyncio.gather(
+            *(visit.services.costs.report(tenants, by=by, since=since) for by in COST_GROUPS)
+        ),
+        visit.services.costs.budgets(tenants),
+    )
+    reports = dict(zip(COST_GROUPS, found, strict=True))
     return visit.render(
         "costs.html",
         section="costs",
