@@ -138,6 +138,27 @@ class Details:
             for h in await dbconsole.list_hourly_load(self._pool, tenants, since=since)
         ]
 
+    async def cost_cells(
+        self, tenants: Sequence[str], *, since: dt.date
+    ) -> list[details.CostCellView]:
+        return [
+            details.CostCellView(
+                tenant_id=c.tenant_id,
+                agent=c.agent,
+                agent_version=c.agent_version,
+                model=c.model,
+                day=c.day,
+                calls=c.calls,
+                input_tokens=c.input_tokens,
+                cache_creation_input_tokens=c.cache_creation_input_tokens,
+                cache_read_input_tokens=c.cache_read_input_tokens,
+                output_tokens=c.output_tokens,
+                cost_usd=str(c.cost_usd),
+                uncached_cost_usd=str(c.uncached_cost_usd),
+            )
+            for c in await dbconsole.report_cost_cells(self._pool, tenants, since=since)
+        ]
+
     async def box(self) -> details.BoxStatus:
         checks = [await self._database()]
         checks.append(await self._tailnet())

@@ -3,7 +3,8 @@
 A task's trace for its timeline (model calls with tokens and cost, secret leases, the webhook
 delivery that started it and the scheme that verified it, its audit chain verified), one
 version of an agent with its persona (the persona diff), the load of nodes and of the last
-hours (the workforce page), and the box's state (the box page). The daemon builds the
+hours (the workforce page), the cost ledger in cells of tenant, agent, model and day (one
+read for the whole cost page), and the box's state (the box page). The daemon builds the
 implementation (`appliance.details`) on its pool; like `services`, the web layer never imports
 `db`. Tenant scoping is the caller's: a trace is asked for a task whose tenant the page has
 already checked.
@@ -114,6 +115,23 @@ class HourLoadView(_View):
     ended: int
 
 
+class CostCellView(_View):
+    """The ledger summed for one tenant, agent version, model and UTC day (exact decimals)."""
+
+    tenant_id: str
+    agent: str | None
+    agent_version: int | None
+    model: str
+    day: dt.date
+    calls: int
+    input_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    output_tokens: int
+    cost_usd: str
+    uncached_cost_usd: str
+
+
 class CheckView(_View):
     """One line of the box's state: what, whether it is fine, and the fix when it is not."""
 
@@ -143,5 +161,7 @@ class Details(Protocol):
     def this_process(self) -> ProcessView: ...
 
     async def hourly_load(self, tenants: Sequence[str], *, hours: int) -> list[HourLoadView]: ...
+
+    async def cost_cells(self, tenants: Sequence[str], *, since: dt.date) -> list[CostCellView]: ...
 
     async def box(self) -> BoxStatus: ...

@@ -1,8 +1,8 @@
 """Query wrappers of `sql/console.sql`: what the console's pages show beyond the API's reads.
 
 A task's model calls, secret leases, webhook delivery and chain verification (its timeline),
-and the load of nodes and hours (the workforce page). All reads; the rows become the frozen
-models below, here and nowhere else.
+the load of nodes and hours (the workforce page), and the ledger's cells (the cost page).
+All reads; the rows become the frozen models below, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -64,6 +64,24 @@ class TaskChain:
     entries: int
     broken_seq: int | None
     reason: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CostCell:
+    """The ledger summed for one tenant, agent version, model and UTC day."""
+
+    tenant_id: str
+    agent: str | None
+    agent_version: int | None
+    model: str
+    day: dt.date
+    calls: int
+    input_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    uncached_cost_usd: Decimal
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,3 +147,11 @@ async def list_hourly_load(
     with pool.translated():
         rows = await conn.fetch(_Q["list_hourly_load"], list(tenants), since)
     return [HourLoad(**pool.record_dict(row)) for row in rows]
+
+
+async def report_cost_cells(
+    conn: pool.Connection | pool.Pool, tenants: Sequence[str], *, since: dt.date
+) -> list[CostCell]:
+    with pool.translated():
+        rows = await conn.fetch(_Q["report_cost_cells"], list(tenants), since)
+    return [CostCell(**pool.record_dict(row)) for row in rows]

@@ -325,8 +325,13 @@ class TestCostPage:
 
         assert status == 200
         assert f"${expected.cost_usd:.6f}" == "$0.013000"
-        table = html.split('id="costs-by-tenant"')[1].split("</table>")[0]
-        assert "$0.013000" in table
+        for by in ("tenant", "agent", "model", "day"):
+            table = html.split(f'id="costs-by-{by}"')[1].split("</table>")[0]
+            [row] = await costs.cost_report(db, by=by, since=None, tenant_id="acme")
+            assert f"${row.cost_usd:.6f}" in table
+            assert f"${row.saving_usd:.6f}" in table
+            assert f"{row.saving_fraction:.0%}" in table
+            assert f">{row.input_tokens:,}<" in table
         assert "globex" not in html
         assert "$9.000000" not in html
         assert "<svg" in html.split('id="cost-summary"')[1]

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.console.pages import tasks, views
+from appliance.console.pages import costs, tasks, views
 from appliance.console.pages import visit as visits
 
 STATIC = Path(__file__).parent.parent / "static"
@@ -42,7 +42,7 @@ def add_routes(app: web.Application, wiring: visits.Wiring) -> None:
     routes.add_post("/tasks/{task_id}/{action:cancel|retry}", page(tasks.command))
     routes.add_get("/approvals", page(views.approvals_page))
     routes.add_post("/approvals/{approval_id}", page(views.vote))
-    routes.add_get("/costs", page(views.costs_page))
+    routes.add_get("/costs", page(costs.costs_page))
     routes.add_get("/audit", page(views.audit_page))
     routes.add_get("/audit/export", page(views.audit_export))
     routes.add_get("/workforce", page(views.workforce_page))

@@ -12,11 +12,9 @@ import datetime as dt
 import difflib
 import json
 import urllib.parse
-from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-import pydantic
 from aiohttp import web
 
 from appliance import errors, health
@@ -24,8 +22,6 @@ from appliance.console import identity, services
 from appliance.console.pages import charts, timeline
 from appliance.console.pages import visit as visits
 
-COST_GROUPS: tuple[services.CostGrouping, ...] = ("tenant", "agent", "model", "day")
-COST_DAYS = 30
 LOAD_HOURS = 12
 AUDIT_FILTERS = ("tenant", "task_id", "actor", "action", "since", "until")
 EXPORT_LIMIT = 1000
@@ -120,62 +116,6 @@ async def vote(visit: visits.Visit) -> web.StreamResponse:
     )
     back = form.get("next", "")
     return visits.redirect(back if back.startswith("/tasks/") else "/approvals")
-
-
-# ---- cost ----------------------------------------------------------------------------------------
-
-
-class _CostQuery(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    since: dt.date | None = None
-
-
-async def costs_page(visit: visits.Visit) -> web.StreamResponse:
-    query: _CostQuery = visits.parsed(_CostQuery, visits.given(visit.request.query, "since"))
-    since = query.since or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=COST_DAYS - 1))
-    tenants = await visit.tenants()
-    # The groupings are independent queries: asked at once, the page waits for the slowest.
-    found, budgets = await asyncio.gather(
-        asyncio.gather(
-            *(visit.services.costs.report(tenants, by=by, since=since) for by in COST_GROUPS)
-        ),
-        visit.services.costs.budgets(tenants),
-    )
-    reports = dict(zip(COST_GROUPS, found, strict=True))
-    return visit.render(
-        "costs.html",
-        section="costs",
-        since=since,
-        reports=reports,
-        budgets=budgets,
-        chart=_cost_chart(reports["day"], since),
-        totals=_totals(reports["tenant"]),
-    )
-
-
-def _cost_chart(rows: Sequence[services.CostRow], since: dt.date) -> charts.Chart:
-    today = dt.datetime.now(dt.UTC).date()
-    days = [since + dt.timedelta(days=i) for i in range((today - since).days + 1)]
-    by_day: dict[dt.date, list[tuple[str, float]]] = {day: [] for day in days}
-    for row in rows:
-        if row.day in by_day:
-            by_day[row.day].append((row.tenant_id or "", float(Decimal(row.cost_usd))))
-    return charts.stacked(
-        [charts.Column(day.strftime("%m-%d"), by_day[day]) for day in days], unit="USD", decimals=6
-    )
-
-
-def _totals(rows: Sequence[services.CostRow]) -> dict[str, Any]:
-    return {
-        "calls": sum(r.calls for r in rows),
-        "input_tokens": sum(r.input_tokens for r in rows),
-        "cache_creation_input_tokens": sum(r.cache_creation_input_tokens for r in rows),
-        "cache_read_input_tokens": sum(r.cache_read_input_tokens for r in rows),
-        "output_tokens": sum(r.output_tokens for r in rows),
-        "cost_usd": sum((Decimal(r.cost_usd) for r in rows), Decimal(0)),
-        "saving_usd": sum((Decimal(r.saving_usd) for r in rows), Decimal(0)),
-    }
 
 
 # ---- audit ---------------------------------------------------------------------------------------

@@ -81,3 +81,19 @@ SELECT h.hour,
   LEFT JOIN ends e ON e.hour = h.hour
  GROUP BY h.hour
  ORDER BY h.hour;
+
+-- name: report_cost_cells
+-- The ledger of tenants $1 from day $2 (UTC) on, summed per tenant, agent version, model and day (the cells every `appliance cost` grouping adds up).
+SELECT c.tenant_id, c.agent, c.agent_version, c.model,
+       (c.started_at AT TIME ZONE 'UTC')::date AS day,
+       count(*) AS calls,
+       sum(c.input_tokens) AS input_tokens,
+       sum(c.cache_creation_input_tokens) AS cache_creation_input_tokens,
+       sum(c.cache_read_input_tokens) AS cache_read_input_tokens,
+       sum(c.output_tokens) AS output_tokens,
+       sum(c.cost_usd) AS cost_usd,
+       sum(c.uncached_cost_usd) AS uncached_cost_usd
+  FROM appliance.model_calls c
+ WHERE c.tenant_id = ANY ($1::text[])
+   AND c.started_at >= $2::date::timestamp AT TIME ZONE 'UTC'
+ GROUP BY 1, 2, 3, 4, 5;
