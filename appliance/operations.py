@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from appliance import approvals, errors, models, redaction, settings
+from appliance import approvals, details, errors, models, redaction, settings
 from appliance.agents import loop
 from appliance.console import services
 from appliance.db import agents as dbagents
@@ -37,6 +37,7 @@ def build(pool: dbpool.Pool, config: settings.Settings) -> services.Services:
         audit=Audit(pool),
         workforce=Workforce(pool),
         events=Events(pool),
+        details=details.build(pool, config),
     )
 
 

@@ -28,7 +28,7 @@ import jinja2
 from aiohttp import web
 
 from appliance import errors, health
-from appliance.console import api, events, identity, services
+from appliance.console import api, events, identity, pages, services
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ def build(
     health.add_routes(app, readiness)
     api.add_routes(app, lambda request: backend.services, _person, app[CSRF].token)
     events.add_routes(app, lambda request: backend.services, _person)
+    pages.add_routes(
+        app, pages.Wiring(lambda request: backend.services, _person, app[CSRF].token, app[PAGES])
+    )
     return app
 
 
@@ -159,7 +162,7 @@ async def _api_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 @web.middleware
 async def _identity(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The person behind the request, by the listener it came in on; 403 for nobody we know."""
-    if request.path in OPEN_PATHS:
+    if request.path in OPEN_PATHS or request.path.startswith(pages.STATIC_PREFIX):
         return await handler(request)
     resolvers = request.app[RESOLVERS]
     transport = request.transport

@@ -20,6 +20,8 @@ from typing import Annotated, Literal, Protocol
 
 import pydantic
 
+from appliance.console import details
+
 TaskState = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
 CostGrouping = Literal["tenant", "agent", "model", "day", "task", "all"]
 _TENANT = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -387,3 +389,4 @@ class Services:
     audit: Audit
     workforce: Workforce
     events: Events
+    details: details.Details  # what the pages show beyond the API (`details`)

@@ -8,7 +8,7 @@ from pathlib import Path
 import appliance.console
 
 CONSOLE = Path(appliance.console.__file__).parent
-BELOW = ("appliance.db", "appliance.operations", "asyncpg")
+BELOW = ("appliance.db", "appliance.operations", "appliance.details", "asyncpg")
 
 
 def imported(path: Path) -> set[str]:
@@ -27,8 +27,10 @@ class TestLayers:
     def test_no_console_module_imports_the_database(self) -> None:
         """No module of appliance.console imports appliance.db, operations or asyncpg."""
         offenders = {
-            path.name: sorted(name for name in imported(path) if name.startswith(BELOW))
-            for path in sorted(CONSOLE.glob("*.py"))
+            str(path.relative_to(CONSOLE)): sorted(
+                name for name in imported(path) if name.startswith(BELOW)
+            )
+            for path in sorted(CONSOLE.rglob("*.py"))
         }
 
         assert {name: found for name, found in offenders.items() if found} == {}
