@@ -10,9 +10,10 @@ decorators register its workflows and tools:
     [project.entry-points."appliance.tools"]
     example = "appliance_example.tools"
 
-`load` imports the appliance's own workflows, then every entry point of both groups (by group,
-distribution and name, so the order never depends on the file system), then the configured
-modules; each registration records its origin (`origins`). The daemon loads them at start and
+`load` imports the appliance's own workflows, then every entry point of both groups (tools
+first, since workflows tend to import tools; then by distribution and name, so the order never
+depends on the file system), then the configured modules; each registration records its origin
+(`origins`): the entry point being loaded when it ran. The daemon loads them at start and
 the commands that name workflows or tools before they use the registry. An entry point that
 does not load is a `PluginError` (exit 78: systemd does not restart into it) naming the
 distribution, its version, the entry point and the error, in one line; a name registered twice
@@ -31,7 +32,7 @@ from importlib import metadata
 from appliance import errors, origins
 from appliance.engine import registry
 
-GROUPS = ("appliance.workflows", "appliance.tools")
+GROUPS = ("appliance.tools", "appliance.workflows")
 BUILT_IN = ("appliance.agents.loop", "appliance.demo")
 
 
