@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from appliance.db import pool as dbpool
+from appliance.db import tasks as dbtasks
 from tests.support import daemon, plugins
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -137,6 +139,49 @@ class TestListings:
         [row] = [line for line in result.stdout.splitlines() if line.startswith("acme_refund")]
         assert row.split()[:5] == ["acme_refund", "financial", "yes", "acme", "entry-point"]
         assert row.endswith("acme-tools 2.3.1 (appliance.tools:acme)")
+
+
+class TestDaemon:
+    async def test_the_daemon_runs_a_plugins_workflow(
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """Submitted against the plugin's input model, run by a daemon that loaded it at start."""
+        on_path = plugins.path_with(acme(tmp_path))
+        submitted = await daemon.cli(
+            *("--json", "task", "submit", "acme.sync", "--input", '{"account": "a-17"}'),
+            folder=tmp_path,
+            dsn=database_dsn,
+            env=on_path,
+        )
+        assert submitted.code == 0, submitted.stderr
+        ran = await daemon.cli(
+            "run",
+            "--until-idle",
+            folder=tmp_path,
+            dsn=database_dsn,
+            env=on_path,
+            overrides={"health.host": "127.0.0.1", "health.port": 0, "log.level": "WARNING"},
+            timeout=40,
+        )
+
+        assert ran.code == 0, ran.stderr[-3000:]
+        task = await dbtasks.get_task(db, submitted.json()["task_id"])
+        assert task is not None
+        assert (task.state, task.output) == ("succeeded", "a-17")
+
+    async def test_input_out_of_a_plugins_model_is_refused_at_submit(
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """`task submit` checks the input model the plugin declares (exit 65)."""
+        result = await daemon.cli(
+            *("task", "submit", "acme.sync", "--input", '{"acount": "a-17"}'),  # misspelt
+            folder=tmp_path,
+            dsn=database_dsn,
+            env=plugins.path_with(acme(tmp_path)),
+        )
+
+        assert result.code == 65, result.stderr
+        assert "account: Field required" in result.stderr
 
 
 BROKEN = {
