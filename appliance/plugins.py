@@ -44,18 +44,18 @@ def load(workflow_modules: Iterable[str]) -> None:
     """Register every workflow and tool the box has (safe to call again: modules import once)."""
     for module in BUILT_IN:
         importlib.import_module(module)
-    for entry in entry_points():
+    for entry in _entry_points():
         _load(entry)
     registry.import_modules(workflow_modules)
 
 
-def entry_points() -> list[metadata.EntryPoint]:
+def _entry_points() -> list[metadata.EntryPoint]:
     """The installed entry points of both groups, in a stable order."""
     found = [entry for group in GROUPS for entry in metadata.entry_points(group=group)]
     return sorted(found, key=lambda e: (GROUPS.index(e.group), _distribution(e)[0], e.name))
 
 
-def origin_of(entry: metadata.EntryPoint) -> origins.Origin:
+def _origin_of(entry: metadata.EntryPoint) -> origins.Origin:
     name, version = _distribution(entry)
     return origins.Origin(
         "entry-point",
@@ -73,7 +73,7 @@ def _distribution(entry: metadata.EntryPoint) -> tuple[str, str]:
 
 
 def _load(entry: metadata.EntryPoint) -> None:
-    origin = origin_of(entry)
+    origin = _origin_of(entry)
     try:
         with origins.loading(origin):
             entry.load()
