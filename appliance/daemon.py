@@ -23,8 +23,8 @@ import logging
 import signal
 from pathlib import Path
 
-from appliance import health, lifecycle, settings, subsystems, systemd
-from appliance.engine import registry, worker
+from appliance import health, lifecycle, plugins, settings, subsystems, systemd
+from appliance.engine import worker
 from appliance.mesh import listeners
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ async def run(config: settings.Settings, options: Options) -> int:
 
 
 async def _run(config: settings.Settings, options: Options) -> int:
-    registry.import_modules(config.engine.workflow_modules)
+    plugins.load(config.engine.workflow_modules)
     subsystems.raise_open_files_limit()
     lifetime = lifecycle.Lifetime()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -15,6 +15,8 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │   │                                        certificate, the host it names, no TLS)
     │   ├── MissingSecretError          78       the config names a vault secret that is not set
     │   ├── ConfinementError            78       a tool process cannot be confined on this host
+    │   ├── DuplicateNameError          78       two workflows or two tools under one name
+    │   ├── plugins.PluginError         78       an installed plugin's entry point does not load
     │   └── vault.InsecureKeyStoreError, MasterKeyMissingError, KeyMismatchError,
     │       VaultNotInitialisedError    78       the master key cannot be trusted or found
     ├── InputError                      65  400  bad input data (permanent)
@@ -100,6 +102,10 @@ class MissingSecretError(ConfigError):
 
 class ConfinementError(ConfigError):
     """A tool process cannot be confined as configured (`isolation.confinement`)."""
+
+
+class DuplicateNameError(ConfigError):
+    """Two workflows, or two tools, are registered under one name."""
 
 
 class InputError(ApplianceError):

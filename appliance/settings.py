@@ -120,7 +120,9 @@ class EngineSettings(_Section):
         default=10.0, ge=0, description="time running steps get to finish on SIGTERM"
     )
     workflow_modules: tuple[str, ...] = pydantic.Field(
-        default=(), description="Python modules imported at start to register workflows"
+        default=(),
+        description="Python modules imported at start to register workflows and tools "
+        "(installed plugins need no entry here: their entry points are found)",
     )
 
 

@@ -9,6 +9,10 @@ the integrations whose secrets it may lease, and whether repeating it with the s
 idempotency key is safe. A tool runs in its own confined process (`appliance.isolation`)
 unless it is part of the appliance itself and declared `isolated=False`: code from elsewhere
 never runs inside the control plane.
+
+Each tool records where it came from (`origins`: the appliance, a module of
+`engine.workflow_modules`, an installed distribution's entry point); a second function under
+a taken name is refused, naming both origins.
 """
 
 from __future__ import annotations
@@ -17,10 +21,9 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from appliance import errors
+from appliance import errors, origins
 
 ACTION_CLASSES = ("read", "write", "destructive", "financial", "customer_facing")
-_TRUSTED_PACKAGE = "appliance."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Tool:
     integrations: tuple[str, ...] = ()
     idempotent: bool = False
     isolated: bool = True
+    origin: origins.Origin = dataclasses.field(kw_only=True)
 
     @property
     def module(self) -> str:
@@ -96,11 +100,20 @@ class Toolbox:
             )
 
         def register(fn: ToolFn) -> ToolFn:
-            if not isolated and not fn.__module__.startswith(_TRUSTED_PACKAGE):
+            if not isolated and not origins.built_in(fn.__module__):
                 raise errors.ConfigError(
                     f"tool {name!r} of {fn.__module__} must run isolated: only the "
                     "appliance's own tools run inside the control plane"
                 )
+            origin = origins.current(fn.__module__)
+            existing = self._tools.get(name)
+            if existing is not None:
+                if existing.fn is not fn:
+                    raise errors.DuplicateNameError(
+                        f"tool {name!r} is registered twice: by "
+                        f"{existing.origin.of(existing.module)} and by {origin.of(fn.__module__)}"
+                    )
+                return fn
             self._tools[name] = Tool(
                 name,
                 description,
@@ -110,6 +123,7 @@ class Toolbox:
                 tuple(integrations),
                 idempotent,
                 isolated,
+                origin=origin,
             )
             return fn
 
@@ -124,6 +138,10 @@ class Toolbox:
 
     def names(self) -> list[str]:
         return sorted(self._tools)
+
+    def tools(self) -> list[Tool]:
+        """Every registered tool, by name."""
+        return [self._tools[name] for name in self.names()]
 
     def definitions(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
         """The definitions of these tools, sorted by name (a stable, cacheable prefix)."""

@@ -22,6 +22,7 @@ from appliance.cli import agents as agent_commands
 from appliance.cli import approvals as approval_commands
 from appliance.cli import arguments, output, validation
 from appliance.cli import backup as backup_commands
+from appliance.cli import catalogue as catalogue_commands
 from appliance.cli import health as health_commands
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
@@ -158,7 +159,7 @@ async def _join_tailnet(config: settings.Settings, key_file: Path) -> dict[str, 
 
 async def cmd_run(args: argparse.Namespace, config: settings.Settings) -> int:
     """The daemon."""
-    from appliance import daemon, demo  # noqa: F401 - registers the demo workflow
+    from appliance import daemon
 
     demo_folder = None
     if args.demo is not None:
@@ -241,11 +242,11 @@ async def cmd_doctor(args: argparse.Namespace, config: settings.Settings) -> int
 
 async def cmd_task_submit(args: argparse.Namespace, config: settings.Settings) -> int:
     """Enqueue a task."""
-    from appliance import demo  # noqa: F401 - registers the demo workflow
-    from appliance.agents import loop  # registers agent.run
+    from appliance import plugins
+    from appliance.agents import loop
     from appliance.engine import registry, submission
 
-    registry.import_modules(config.engine.workflow_modules)
+    plugins.load(config.engine.workflow_modules)
     workflow = registry.registry.get(args.workflow)
     task_input = validation.task_input(args.input, workflow)
     tenant = args.tenant or config.default_tenant
@@ -584,9 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_add.add_argument("tenant_id")
     tenant_add.add_argument("--name")
     add("list", cmd_tenants_list, "list tenants", tenants)
-    agent_commands.add_commands(sub, add, _Parser)
-    approval_commands.add_commands(sub, add, _Parser)
-    backup_commands.add_commands(sub, add, _Parser)
+    for add_commands in (
+        agent_commands.add_commands,
+        approval_commands.add_commands,
+        backup_commands.add_commands,
+        catalogue_commands.add_commands,
+    ):
+        add_commands(sub, add, _Parser)
     return parser
 
 

@@ -60,18 +60,18 @@ async def agent_definition(
 ) -> None:
     """Every tool of the definition is registered, and its model has a price in each category
     (else no call could be costed or checked against a budget)."""
+    from appliance import plugins
     from appliance.agents import costs, tools
-    from appliance.engine import registry
 
-    registry.import_modules(config.engine.workflow_modules)  # they register the tools
+    plugins.load(config.engine.workflow_modules)  # they register the tools
     unknown = [name for name in definition.tools if name not in tools.toolbox.names()]
     if unknown:
         known = ", ".join(tools.toolbox.names()) or "none"
         them = "them" if len(unknown) > 1 else "it"
         raise errors.InputError(
             f"{path}: unknown tool {', '.join(map(repr, unknown))} (registered: {known}); "
-            f"remove {them} from `tools`, or register {them} in a module of "
-            "engine.workflow_modules"
+            f"remove {them} from `tools`, or register {them} (install the package that "
+            "provides them, or name their module in engine.workflow_modules)"
         )
     try:
         await costs.price_of(pool, definition.model)

@@ -1,4 +1,9 @@
-"""Workflows registered by name: `@registry.workflow("name")` on an async function."""
+"""Workflows registered by name: `@registry.workflow("name")` on an async function.
+
+Each records where it came from (`origins`): the appliance, a module of
+`engine.workflow_modules` (`import_modules`), or an installed distribution's entry point
+(`appliance.plugins`). A second function under a taken name is refused, naming both origins.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from appliance import errors
+from appliance import errors, origins
 
 if TYPE_CHECKING:
     from appliance.engine import context
@@ -24,6 +29,17 @@ class Workflow:
     integration: str | None = None
     max_attempts: int | None = None
     input_model: type[pydantic.BaseModel] | None = None  # the input it takes, if declared
+    origin: origins.Origin = dataclasses.field(kw_only=True)
+
+    @property
+    def module(self) -> str:
+        """The module that defines the workflow."""
+        return self.fn.__module__
+
+    @property
+    def input_shape(self) -> str | None:
+        """The keys of the input it declares (`{"agent": ..., "version"?: ...}`), if any."""
+        return None if self.input_model is None else _shape(self.input_model)
 
     def check_input(self, task_input: Any) -> None:
         """InputError naming the first way `task_input` does not fit the declared input."""
@@ -60,10 +76,18 @@ class Registry:
         checked by `appliance task submit` before the task is stored)."""
 
         def register(fn: WorkflowFn) -> WorkflowFn:
+            origin = origins.current(fn.__module__)
             existing = self._workflows.get(name)
-            if existing is not None and existing.fn is not fn:
-                raise errors.ConfigError(f"workflow {name!r} is registered twice")
-            self._workflows[name] = Workflow(name, fn, integration, max_attempts, input_model)
+            if existing is not None:
+                if existing.fn is not fn:
+                    raise errors.DuplicateNameError(
+                        f"workflow {name!r} is registered twice: by "
+                        f"{existing.origin.of(existing.module)} and by {origin.of(fn.__module__)}"
+                    )
+                return fn
+            self._workflows[name] = Workflow(
+                name, fn, integration, max_attempts, input_model, origin=origin
+            )
             return fn
 
         return register
@@ -80,6 +104,10 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._workflows)
+
+    def workflows(self) -> list[Workflow]:
+        """Every registered workflow, by name."""
+        return [self._workflows[name] for name in self.names()]
 
     def without(self, names: Iterable[str]) -> Registry:
         """A copy lacking these workflows: a worker claims none of their tasks."""
@@ -104,11 +132,20 @@ workflow = registry.workflow
 
 
 def import_modules(modules: Iterable[str]) -> None:
-    """Import the configured workflow modules, so their decorators register them."""
+    """Import the configured workflow modules, so their decorators register them (and the
+    tools they define), each of origin `config`. A module that fails to import is a
+    ConfigError naming it with the error's type and text, never a traceback."""
     for module in modules:
         try:
-            importlib.import_module(module)
+            with origins.loading(origins.Origin("config", module)):
+                importlib.import_module(module)
+        except errors.DuplicateNameError:
+            raise
         except ImportError as exc:
             raise errors.ConfigError(
-                f"engine.workflow_modules: cannot import {module!r}: {exc}"
+                f"{origins.CONFIG_KEY}: cannot import {module!r}: {exc}"
+            ) from exc
+        except Exception as exc:
+            raise errors.ConfigError(
+                f"{origins.CONFIG_KEY}: importing {module!r} failed: {type(exc).__name__}: {exc}"
             ) from exc

@@ -220,6 +220,8 @@ CASES: dict[tuple[str, ...], Case] = {
     ("approvals", "deny"): prepared(_approvals_deny),
     ("backup", "create"): static("backup", "create"),
     ("backup", "list"): static("backup", "list"),
+    ("workflows", "list"): static("workflows", "list"),
+    ("tools", "list"): static("tools", "list"),
 }
 # Commands with a test of their own below (they need more than the world).
 SEPARATE = {("backup", "restore")}

@@ -1,5 +1,6 @@
 """The README's configuration examples, read from the README itself: every TOML block loads as
-written, and the trigger examples run in a real daemon (an agent from the README's agent block
+written (a plugin's `pyproject.toml` block is the example plugin's own), and the trigger
+examples run in a real daemon (an agent from the README's agent block
 answering, through the Messages API stand-in, a file dropped into the watched folder and a
 signed webhook delivery). The only change made to a block is the watched folder's path."""
 
@@ -35,14 +36,33 @@ def blocks() -> list[str]:
     return BLOCK.findall((ROOT / "README.md").read_text(encoding="utf-8"))
 
 
+EXAMPLE_PROJECT = ROOT / "examples" / "appliance-example" / "pyproject.toml"
+
+
 def is_agent(text: str) -> bool:
     data = tomllib.loads(text)
     return "name" in data and "model" in data
 
 
+def is_project(text: str) -> bool:
+    """A distribution's `pyproject.toml` (the plugin tutorial's), not the appliance's config."""
+    return "project" in tomllib.loads(text)
+
+
+def within(part: Any, whole: Any) -> bool:
+    """Every key of `part` is in `whole` with the same value (tables compared key by key)."""
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(
+            key in whole and within(value, whole[key]) for key, value in part.items()
+        )
+    return bool(part == whole)
+
+
 def block_with(key: str) -> str:
     """The one README block that has the top-level table `key`."""
-    [found] = [b for b in blocks() if not is_agent(b) and key in tomllib.loads(b)]
+    [found] = [
+        b for b in blocks() if not is_agent(b) and not is_project(b) and key in tomllib.loads(b)
+    ]
     return found
 
 
@@ -59,13 +79,17 @@ class TestEveryBlockLoads:
 
     @pytest.mark.parametrize("index", range(len(blocks())))
     def test_the_block_loads_as_written(self, index: int, tmp_path: Path) -> None:
-        """An agent block loads as an agent; any other block is a valid config file whose
-        sources and watches start registered workflows."""
+        """An agent block loads as an agent, a project block is part of the example plugin's;
+        any other block is a valid config file whose sources and watches start registered
+        workflows."""
         text = blocks()[index]
         path = tmp_path / "example.toml"
         path.write_text(text, encoding="utf-8")
         if is_agent(text):
             assert definitions.load(path).name
+            return
+        if is_project(text):
+            assert within(tomllib.loads(text), tomllib.loads(EXAMPLE_PROJECT.read_text()))
             return
         config = settings.load(path, environ={})
         for workflow in workflows_named(config):

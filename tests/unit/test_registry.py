@@ -1,4 +1,5 @@
-"""The workflow registry: registration, lookup, and the import of workflow modules."""
+"""The workflow registry and the toolbox: registration, lookup, origins, and the import of
+workflow modules."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from appliance import errors
+from appliance import errors, origins
+from appliance.agents import tools
 from appliance.engine import context, registry
 
 
@@ -28,7 +30,9 @@ class TestRegistry:
         decorated = reg.workflow("noop")(_noop)
 
         assert decorated is _noop
-        assert reg.get("noop") == registry.Workflow("noop", _noop)
+        assert reg.get("noop") == registry.Workflow(
+            "noop", _noop, origin=origins.Origin("import", __name__)
+        )
 
     def test_integration_and_max_attempts_are_kept(self) -> None:
         """The integration and max_attempts given at registration are recorded."""
@@ -115,3 +119,110 @@ class TestImportModules:
 
         with pytest.raises(errors.ConfigError, match=r"'workflows_for_test_b'.*no_such_dependency"):
             registry.import_modules(["workflows_for_test_b"])
+
+    def test_a_module_that_raises_at_import_is_a_config_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Any exception of a configured module's import is one ConfigError naming it."""
+        (tmp_path / "workflows_for_test_c.py").write_text("raise RuntimeError('no region')\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+
+        with pytest.raises(
+            errors.ConfigError, match=r"'workflows_for_test_c' failed: RuntimeError: no region"
+        ):
+            registry.import_modules(["workflows_for_test_c"])
+
+    def test_what_a_configured_module_registers_is_of_origin_config(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A workflow registered while its configured module is imported records that module."""
+        (tmp_path / "workflows_for_test_d.py").write_text(
+            "from appliance.engine import registry\n"
+            "REGISTRY = registry.Registry()\n"
+            "@REGISTRY.workflow('d')\n"
+            "async def d(ctx, task_input):\n"
+            "    return None\n"
+        )
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "workflows_for_test_d", raising=False)
+
+        registry.import_modules(["workflows_for_test_d"])
+
+        found = sys.modules["workflows_for_test_d"].REGISTRY.get("d")
+        assert found.origin == origins.Origin("config", "workflows_for_test_d")
+        monkeypatch.delitem(sys.modules, "workflows_for_test_d")
+
+
+PLUGIN = origins.Origin(
+    "entry-point",
+    "acme_plugin",
+    distribution="acme-tools",
+    version="2.3.1",
+    entry_point="appliance.workflows:acme",
+)
+
+
+async def _tool(call: tools.Call, arguments: dict[str, Any]) -> Any:
+    return arguments
+
+
+async def _other_tool(call: tools.Call, arguments: dict[str, Any]) -> Any:
+    return None
+
+
+class TestOrigins:
+    def test_what_registers_while_a_plugin_loads_is_the_plugins(self) -> None:
+        """A workflow registered within `loading` records that origin."""
+        reg = registry.Registry()
+
+        with origins.loading(PLUGIN):
+            reg.workflow("acme.sync")(_noop)
+
+        assert reg.get("acme.sync").origin == PLUGIN
+
+    def test_the_appliances_own_modules_are_built_in_whoever_loads_them(self) -> None:
+        """Code of the appliance is built in, even when a plugin's import brings it in."""
+        with origins.loading(PLUGIN):
+            found = origins.current("appliance.agents.loop")
+
+        assert found == origins.Origin("built-in", "appliance.agents.loop")
+
+    def test_outside_any_load_the_module_is_the_origin(self) -> None:
+        """Registered by a module nobody loaded as a plugin: of kind import, named by it."""
+        assert origins.current("somewhere.else") == origins.Origin("import", "somewhere.else")
+
+    def test_a_second_workflow_under_a_plugins_name_names_both_origins(self) -> None:
+        """The refusal says who registered the name first and who tried again."""
+        reg = registry.Registry()
+        with origins.loading(PLUGIN):
+            reg.workflow("acme.sync")(_noop)
+
+        with pytest.raises(
+            errors.DuplicateNameError,
+            match=r"'acme.sync' is registered twice: by acme-tools 2.3.1 \(entry point "
+            r"appliance.workflows:acme\), in tests.unit.test_registry and by module "
+            r"tests.unit.test_registry",
+        ):
+            reg.workflow("acme.sync")(_other)
+
+    def test_a_second_tool_under_one_name_is_refused_naming_both_origins(self) -> None:
+        """A tool name is taken once, whatever its origin."""
+        box = tools.Toolbox()
+        register = box.tool("lookup", "Look it up.", {"type": "object"}, action_class="read")
+        with origins.loading(PLUGIN):
+            register(_tool)
+
+        with pytest.raises(errors.DuplicateNameError, match=r"'lookup'.*acme-tools 2.3.1.*and by"):
+            register(_other_tool)
+        assert box.get("lookup").fn is _tool
+
+    def test_a_tool_registered_again_keeps_its_first_origin(self) -> None:
+        """The same function registered twice (a module imported twice) is one tool."""
+        box = tools.Toolbox()
+        register = box.tool("lookup", "Look it up.", {"type": "object"}, action_class="read")
+        with origins.loading(PLUGIN):
+            register(_tool)
+
+        register(_tool)
+
+        assert [t.origin for t in box.tools()] == [PLUGIN]
