@@ -203,7 +203,12 @@ class Tasks:
                 f"the filter matches {count} tasks; at most {services.MAX_BULK} are replayed at "
                 "once: narrow it"
             )
-        found = await dbtasks.list_tasks_page(self._pool, query, before=None, limit=count)
+        found = await dbtasks.list_tasks_page(self._pool, query, before=None, limit=count + 1)
+        if len(found) != count:
+            raise errors.StateError(
+                f"the filter matches {len(found)} task(s) now, not {request.expected}; "
+                "count again before replaying"
+            )
         replayed: list[services.ReplayResult] = []
         refused: list[services.ReplayRefusal] = []
         for task in sorted(found, key=lambda t: t.task_id):

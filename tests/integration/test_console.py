@@ -372,6 +372,29 @@ class TestReplay:
         assert [r["replay_of"] for r in answer["replayed"]][:2] == [first, second]
         assert (len(answer["replayed"]), answer["refused"]) == (3, [])
 
+    async def test_a_task_a_bulk_replay_cannot_fork_is_listed_with_the_reason(
+        self, served: console.Console, db: dbpool.Pool
+    ) -> None:
+        """From step `two` of tasks that have no checkpoints: each is refused, saying why,
+        and no task is made."""
+        task_id = await task_of(db, "acme")
+        body = {"tenant": "acme", "expected": 1, "from_step": "two"}
+        async with served.client(console.ALICE) as alice:
+            status, answer = await alice.post("/api/v1/tasks/replay", body)
+
+        assert status == 200
+        assert answer == {
+            "replayed": [],
+            "refused": [
+                {
+                    "task_id": task_id,
+                    "reason": f"task {task_id} has no step 'two'; it has no checkpoints "
+                    "(replay it whole)",
+                }
+            ],
+        }
+        assert len(await dbtasks.list_tasks(db)) == 1
+
     async def test_a_bulk_replay_covers_only_tenants_the_person_operates(
         self, served: console.Console, db: dbpool.Pool
     ) -> None:

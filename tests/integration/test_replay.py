@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 from typing import Any
 
 import pytest
 
 from appliance import errors
+from appliance.agents import loop
 from appliance.db import audit as dbaudit
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
@@ -188,6 +190,61 @@ class TestFork:
             task = await support.wait_for_state(db, replayed.task_id, workers=[w])
 
         assert (task.state, task.output) == ("succeeded", "XY")
+
+    async def test_an_agent_task_is_checked_without_the_agent_runtime(
+        self, db: dbpool.Pool
+    ) -> None:
+        """`agent.run`'s checkpoints (definition, passages, a reply asking for a tool, the
+        tool's result, the next reply) replay in a process without the model or the tools: a
+        fork from `model:1` reuses the four before it."""
+        spec = {
+            "name": "support",
+            "version": 1,
+            "persona": "Be brief.",
+            "model": "claude-sonnet-4-5",
+            "tools": ["lookup"],
+            "max_tokens": 64,
+            "max_turns": 4,
+            "retrieval": {},
+        }
+        asks = {
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 5},
+            "request_id": "req_1",
+        }
+        answers = {
+            "content": [{"type": "text", "text": "Five days."}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 9},
+            "request_id": "req_2",
+        }
+        task_id = await support.submit(
+            db,
+            registry.registry,
+            CONFIG,
+            workflow=loop.WORKFLOW,
+            task_input={"agent": "support", "prompt": "Refunds?"},
+        )
+        for position, (name, output) in enumerate(
+            (("agent", spec), ("retrieve", []), ("model:0", asks), ("tool:0:lookup", "5 days"),
+             ("model:1", answers))
+        ):  # fmt: skip
+            await db.execute(
+                "INSERT INTO appliance.steps (task_id, position, tenant_id, name, output, attempt,"
+                " started_at, duration_ms) VALUES ($1, $2, 'default', $3, $4::text::json, 1,"
+                " now(), 1.0)",
+                task_id,
+                position,
+                name,
+                json.dumps(output),
+            )
+
+        replayed = await replay.replay(
+            db, registry.registry, CONFIG, task_id=task_id, from_step="model:1", actor="t"
+        )
+
+        assert replayed.reused_steps == 4
 
 
 class TestRefusals:
