@@ -192,7 +192,7 @@ class ReplayResult(_View):
 class BulkReplay(TaskNarrowing):
     """Replay every task the filter matches, oldest first. `expected` is the count the person
     saw (GET /tasks/count with the same filter): when the filter matches another number now,
-    nothing is replayed (409). At most MAX_BULK tasks at once; the person must be an operator
+    nothing is replayed (409). At most 500 tasks at once (MAX_BULK); the person must be an operator
     in every tenant the filter covers."""
 
     expected: int = pydantic.Field(ge=0, le=ID_MAX)
