@@ -14,10 +14,11 @@ import os
 import pwd
 from typing import Literal
 
-from appliance import backup, errors, master_key, settings, vault
+from appliance import backup, errors, master_key, outgoing_webhooks, settings, vault
 from appliance.db import audit as dbaudit
 from appliance.db import connection, embedded, migrations, tls
 from appliance.db import outbox as dboutbox
+from appliance.db import outgoing_webhooks as dbwebhooks
 from appliance.db import pool as dbpool
 from appliance.db import tenants as dbtenants
 from appliance.ingress import credentials
@@ -272,6 +273,61 @@ async def _outbox(db: connection.Database) -> Check:
     return Check("outbox", True, detail)
 
 
+async def check_outgoing_webhooks(config: settings.Settings, pool: dbpool.Pool) -> list[Check]:
+    """Each outgoing webhook: its secret in the vault, its queue's backlog and failures; and
+    deliveries left waiting for an endpoint the config no longer has."""
+    backlogs = {b.endpoint: b for b in await dbwebhooks.count_webhook_backlog(pool)}
+    stored = {
+        (s.integration, s.workflow, s.name)
+        for s in await vault.list_secrets(pool, tenant_id=config.default_tenant)
+    }
+    checks = []
+    for webhook in config.outbox.webhooks:
+        name = f"webhook {webhook.name}"
+        scope = (outgoing_webhooks.INTEGRATION, vault.WILDCARD, webhook.secret_ref.split("/", 1)[1])
+        if scope not in stored:
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    f"{webhook.secret_ref} is not in the vault: the daemon will not start",
+                    outgoing_webhooks.set_command(config, webhook),
+                )
+            )
+            continue
+        backlog = backlogs.pop(webhook.name, None)
+        if backlog is None:
+            checks.append(Check(name, True, f"{webhook.url}: nothing waiting"))
+            continue
+        detail = (
+            f"{webhook.url}: {backlog.pending} undelivered, {backlog.failing} failing, oldest "
+            f"{backlog.oldest_seconds:.0f} s"
+        )
+        if backlog.failing:
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    f"{detail}; last error: {backlog.last_error}",
+                    "make the endpoint answer 2xx; deliveries retry by themselves, in order",
+                )
+            )
+        else:
+            checks.append(Check(name, True, detail))
+    checks.extend(
+        Check(
+            f"webhook {left.endpoint}",
+            False,
+            f"not configured any more, and {left.pending} deliveries wait for it",
+            f"configure it again in [[outbox.webhooks]] (name = {left.endpoint!r}), or delete "
+            "its rows from appliance.outgoing_deliveries",
+            severity="warn",
+        )
+        for left in backlogs.values()
+    )
+    return checks
+
+
 async def _database(config: settings.Settings) -> list[Check]:
     try:
         async with connection.open_database(config, pool_size=2) as db:
@@ -308,6 +364,7 @@ async def _database(config: settings.Settings) -> list[Check]:
             else:
                 checks.append(Check("audit chain", True, "verifies"))
             checks.append(await _outbox(db))
+            checks.extend(await check_outgoing_webhooks(config, db.pool))
             checks.append(await check_vault(config, db.pool))
             checks.append(await check_secret_rotation(db.pool))
             checks.extend(await _vault_signing_secrets(config, db.pool))

@@ -31,7 +31,9 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │   └── ingress.signatures.MalformedDeliveryError 65 400
     ├── NotFoundError                    1  404  the thing asked for does not exist
     ├── StateError                       1  409  the answer is no in the thing's current state
-    │   └── health.NotReadyError          1       the daemon answers, but is not ready
+    │   ├── health.NotReadyError          1       the daemon answers, but is not ready
+    │   └── ReplayMismatchError          1  409  the workflow's code no longer makes the steps
+    │                                            a replay would reuse
     ├── DependencyError                 69  503  something we depend on is down
     │   ├── DatabaseUnavailableError    69  503
     │   └── PostgresBinariesMissingError 69 503
@@ -55,6 +57,8 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │                                            (permanent)
     ├── SchemaError                     78  500  migrations drifted or are missing
     ├── AuditChainError                  1  500  the audit chain does not verify
+    │   └── AuditReplayError             1  500  a task's audit entries do not rebuild its
+    │                                            checkpoints
     └── EngineError                     70  500
         ├── NonDeterminismError         70  500  (permanent)
         ├── LeaseLostError              75  409
@@ -174,6 +178,10 @@ class StateError(ApplianceError):
     http_status = 409
 
 
+class ReplayMismatchError(StateError):
+    """The workflow's code no longer produces the steps the replay would reuse."""
+
+
 class DependencyError(ApplianceError):
     """A service the appliance depends on is unavailable."""
 
@@ -229,6 +237,10 @@ class AuditChainError(ApplianceError):
     """The audit chain does not verify."""
 
     exit_code = 1
+
+
+class AuditReplayError(AuditChainError):
+    """The task's audit entries do not rebuild its checkpoints."""
 
 
 class EngineError(ApplianceError):

@@ -212,6 +212,7 @@ def database_families(reading: Reading) -> Iterator[core.Metric]:
     yield from _model_families(snapshot.calls)
     yield from _budget_families(snapshot.budgets)
     yield from _approval_families(snapshot.approvals)
+    yield from _webhook_families(snapshot.webhooks)
 
 
 def _task_families(rows: Sequence[dbmetrics.TaskCount]) -> Iterator[core.Metric]:
@@ -382,6 +383,30 @@ def _approval_families(rows: Sequence[dbmetrics.PendingApprovals]) -> Iterator[c
         oldest.add_metric([row.tenant_id], row.oldest_seconds)
     yield pending
     yield oldest
+
+
+def _webhook_families(rows: Sequence[dbmetrics.WebhookBacklog]) -> Iterator[core.Metric]:
+    families = [
+        core.GaugeMetricFamily(
+            f"appliance_outgoing_webhook_{name}",
+            f"{what}, by endpoint (outbox.webhooks).",
+            labels=["endpoint"],
+        )
+        for name, what in (
+            ("backlog_events", "Outgoing webhook deliveries not made yet"),
+            (
+                "failing_events",
+                "Outgoing webhook deliveries not made yet that failed at least once",
+            ),
+            ("oldest_age_seconds", "Age of the oldest outgoing webhook delivery not made yet"),
+        )
+    ]
+    for row in rows:
+        for family, value in zip(
+            families, (row.pending, row.failing, row.oldest_seconds), strict=True
+        ):
+            family.add_metric([row.endpoint], value)
+    yield from families
 
 
 class Readers:

@@ -74,6 +74,8 @@ class Task:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     updated_at: dt.datetime
+    replay_of: int | None  # the task this one replays (`appliance task replay`)
+    replay_from: str | None  # the step it ran again from (None: every step)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,7 +84,8 @@ class Step:
     position: int
     name: str
     output: Any
-    attempt: int
+    error: Any  # the recorded failure a handled step raised ({"types", "message"}), or None
+    attempt: int  # 0: reused from the task this one replays
     started_at: dt.datetime
     duration_ms: float
 

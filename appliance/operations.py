@@ -25,7 +25,7 @@ from appliance.db import outbox as dboutbox
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
-from appliance.engine import registry, submission
+from appliance.engine import registry, replay, submission
 
 
 def build(pool: dbpool.Pool, config: settings.Settings) -> services.Services:
@@ -59,7 +59,7 @@ class Tasks:
         self._engine = engine
 
     @staticmethod
-    def _query(tenants: Sequence[str], query: services.TaskFilter) -> dbtasks.TaskQuery:
+    def _query(tenants: Sequence[str], query: services.TaskNarrowing) -> dbtasks.TaskQuery:
         chosen = [t for t in tenants if query.tenant is None or t == query.tenant]
         return dbtasks.TaskQuery(
             tenants=chosen,
@@ -102,6 +102,7 @@ class Tasks:
                     started_at=s.started_at,
                     duration_ms=s.duration_ms,
                     output=s.output,
+                    error=s.error,
                 )
                 for s in steps
             ],
@@ -172,6 +173,55 @@ class Tasks:
                 "only failed or cancelled tasks can be retried"
             )
         return services.CommandResult(task_id=task_id, result="queued")
+
+    async def replay(
+        self, task_id: int, request: services.ReplayRequest, *, actor: str
+    ) -> services.ReplayResult:
+        replayed = await replay.replay(
+            self._pool,
+            registry.registry,
+            self._engine,
+            task_id=task_id,
+            from_step=request.from_step,
+            actor=actor,
+        )
+        return services.ReplayResult(**dataclasses.asdict(replayed))
+
+    async def replay_many(
+        self, tenants: Sequence[str], request: services.BulkReplay, *, actor: str
+    ) -> services.BulkReplayResult:
+        """Every task the filter matches, oldest first, if it matches `expected` of them; a
+        task that cannot be replayed (its code changed, no such step) is listed as refused."""
+        query = self._query(tenants, request)
+        count = await dbtasks.count_tasks_matching(self._pool, query)
+        if count != request.expected:
+            raise errors.StateError(
+                f"the filter matches {count} task(s) now, not {request.expected}; "
+                "count again before replaying"
+            )
+        if count > services.MAX_BULK:
+            raise errors.InputError(
+                f"the filter matches {count} tasks; at most {services.MAX_BULK} are replayed at "
+                "once: narrow it"
+            )
+        found = await dbtasks.list_tasks_page(self._pool, query, before=None, limit=count + 1)
+        if len(found) != count:
+            raise errors.StateError(
+                f"the filter matches {len(found)} task(s) now, not {request.expected}; "
+                "count again before replaying"
+            )
+        replayed: list[services.ReplayResult] = []
+        refused: list[services.ReplayRefusal] = []
+        for task in sorted(found, key=lambda t: t.task_id):
+            try:
+                one = await self.replay(
+                    task.task_id, services.ReplayRequest(from_step=request.from_step), actor=actor
+                )
+            except (errors.InputError, errors.StateError, errors.NotFoundError) as exc:
+                refused.append(services.ReplayRefusal(task_id=task.task_id, reason=str(exc)))
+                continue
+            replayed.append(one)
+        return services.BulkReplayResult(replayed=replayed, refused=refused)
 
 
 def _version(value: Any) -> int | None:

@@ -16,6 +16,7 @@ import re
 import socket
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
@@ -29,7 +30,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
 MEBIBYTE = 1024 * 1024
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _WEBHOOK_REF = r"^webhook/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_OUTBOX_REF = r"^outbox/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 ENV_PREFIX = "APPLIANCE_"
+EVERY_TENANT = "*"
 
 
 class _Section(pydantic.BaseModel):
@@ -126,9 +129,63 @@ class EngineSettings(_Section):
     )
 
 
+class OutgoingWebhook(_Section):
+    """An HTTP endpoint that gets the outbox's events, signed (`[[outbox.webhooks]]`)."""
+
+    name: str = pydantic.Field(
+        pattern=_NAME, description="the endpoint's name (its queue, doctor, metrics)"
+    )
+    url: str = pydantic.Field(
+        max_length=2000,
+        description="where events are POSTed (http or https); redirects are never followed",
+    )
+    secret_ref: str = pydantic.Field(
+        pattern=_OUTBOX_REF,
+        description="`outbox/<name>`: the Standard Webhooks signing secret (whsec_...) is the "
+        "vault's secret of the default tenant, integration outbox, workflow *, read at start "
+        "(one per line: each line signs, while the receiver's secret is rotated)",
+    )
+    events: tuple[str, ...] = pydantic.Field(
+        default=("*",),
+        min_length=1,
+        description="event types sent: exact (task.failed) or with a * (task.*, *)",
+    )
+    tenants: tuple[str, ...] = pydantic.Field(
+        default=(EVERY_TENANT,),
+        min_length=1,
+        description="tenants whose events are sent; '*' for every tenant",
+    )
+    timeout_seconds: float = pydantic.Field(
+        default=10.0, gt=0, le=300, description="a delivery not answered within this failed"
+    )
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry a user or password (the signature authenticates)")
+        return value
+
+    @pydantic.field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tenant in value:
+            if tenant != EVERY_TENANT and not re.fullmatch(_NAME, tenant):
+                raise ValueError(f"{tenant!r} is not a tenant id (nor '*' for every tenant)")
+        return value
+
+
 class OutboxSettings(_Section):
     sinks: tuple[Literal["stdout", "file"], ...] = pydantic.Field(
         default=("stdout",), description="where outbox events are shipped"
+    )
+    webhooks: tuple[OutgoingWebhook, ...] = pydantic.Field(
+        default=(),
+        description="HTTP endpoints that get the events, signed with Standard Webhooks, each "
+        "with its own queue: [[outbox.webhooks]]",
     )
     file_path: Path | None = pydantic.Field(
         default=None, description="JSON-lines file of the `file` sink"
@@ -143,6 +200,10 @@ class OutboxSettings(_Section):
     def _file_sink_needs_path(self) -> OutboxSettings:
         if "file" in self.sinks and self.file_path is None:
             raise ValueError("the file sink needs outbox.file_path")
+        names = [w.name for w in self.webhooks]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two webhooks are named {name!r}")
         return self
 
 
@@ -239,7 +300,6 @@ class MeshSettings(_Section):
 
 
 ROLES = ("viewer", "operator", "approver", "admin")
-EVERY_TENANT = "*"
 
 
 class ConsoleGrant(_Section):

@@ -34,6 +34,7 @@ from appliance import (
     metrics,
     operations,
     outbox,
+    outgoing_webhooks,
     settings,
     systemd,
     vault,
@@ -186,9 +187,21 @@ async def _watch_secret_rotation(config: settings.Settings, db: connection.Datab
 async def relay(
     lifetime: lifecycle.Lifetime, config: settings.Settings, db: connection.Database
 ) -> AsyncIterator[outbox.Relay]:
-    """The outbox relay; on exit it ships what is due and gives up the relay lock."""
-    shipper = outbox.Relay(db.pool, db.dsn, config.outbox, outbox.build_sinks(config.outbox))
-    async with lifetime.background("outbox.relay", shipper.run()):
+    """The outbox relay, and the delivery of its outgoing webhooks while it ships (their
+    secrets read from the vault first: one missing is exit 78); on exit it ships what is due
+    and gives up the relay lock."""
+    endpoints = await outgoing_webhooks.read_endpoints(db.pool, config)
+    sinks = outbox.build_sinks(config.outbox)
+    dispatcher = outgoing_webhooks.Dispatcher(
+        db.pool, endpoints, config.outbox, leading=lambda: shipper.holds_lock
+    )
+    if endpoints:
+        sinks.append(outgoing_webhooks.FanOut(db.pool, endpoints, dispatcher.wake))
+    shipper = outbox.Relay(db.pool, db.dsn, config.outbox, sinks)
+    async with (
+        lifetime.background("outbox.relay", shipper.run()),
+        lifetime.background("outbox.webhooks", dispatcher.run()),
+    ):
         try:
             yield shipper
         finally:

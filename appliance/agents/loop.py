@@ -179,12 +179,11 @@ def _checked(task_input: Any) -> tuple[str, str, int | None]:
 
 
 def _runtime(ctx: context.TaskContext) -> Runtime:
-    runtime = ctx.services.get(SERVICE)
-    if not isinstance(runtime, Runtime):
-        raise errors.ConfigError(
-            "agent tasks need the agent runtime: set model.api_key so the daemon starts it"
-        )
-    return runtime
+    return ctx.service(
+        SERVICE,
+        Runtime,
+        "agent tasks need the agent runtime: set model.api_key so the daemon starts it",
+    )
 
 
 def _first_message(text: str, passages: list[dict[str, Any]]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from appliance.cli import arguments, output, validation
 from appliance.cli import backup as backup_commands
 from appliance.cli import catalogue as catalogue_commands
 from appliance.cli import health as health_commands
+from appliance.cli import replay as replay_commands
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
@@ -337,6 +338,8 @@ async def cmd_task_show(args: argparse.Namespace, config: settings.Settings) -> 
         "started_at",
         "finished_at",
         "cancel_requested_by",
+        "replay_of",
+        "replay_from",
         "error",
     ):
         value = getattr(task, key)
@@ -570,13 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add(name, handler, text, task).add_argument("task_id", type=arguments.identifier)
 
-    audit = sub.add_parser("audit", help="the audit log").add_subparsers(
-        dest="audit_command", required=True, parser_class=_Parser
-    )
-    add("verify", cmd_audit_verify, "verify every hash chain", audit)
-    add("show", cmd_audit_show, "a task's audit entries", audit).add_argument(
-        "task_id", type=arguments.identifier
-    )
+    replay_commands.add_commands(task, _audit_commands(sub, add), add)
 
     tenants = sub.add_parser("tenants", help="tenants").add_subparsers(
         dest="tenants_command", required=True, parser_class=_Parser
@@ -593,6 +590,18 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add_commands(sub, add, _Parser)
     return parser
+
+
+def _audit_commands(sub: Any, add: Callable[..., Any]) -> Any:
+    """audit verify|show; returns the group, for the commands of other modules."""
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(
+        dest="audit_command", required=True, parser_class=_Parser
+    )
+    add("verify", cmd_audit_verify, "verify every hash chain", audit)
+    add("show", cmd_audit_show, "a task's audit entries", audit).add_argument(
+        "task_id", type=arguments.identifier
+    )
+    return audit
 
 
 def _report(exc: BaseException, verbose: bool) -> None:

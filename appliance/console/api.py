@@ -248,6 +248,23 @@ async def _retry(call: Call, path: TaskPath) -> services.CommandResult:
     return await call.services.tasks.retry(path.task_id, actor=call.person.actor)
 
 
+async def _replay(
+    call: Call, path: TaskPath, body: services.ReplayRequest
+) -> services.ReplayResult:
+    task = await _task(call, path)
+    call.need(task.tenant_id, identity.Role.OPERATOR, f"task {path.task_id}")
+    return await call.services.tasks.replay(path.task_id, body, actor=call.person.actor)
+
+
+async def _replay_many(call: Call, body: services.BulkReplay) -> services.BulkReplayResult:
+    tenants = [t for t in await call.tenants() if body.tenant is None or t == body.tenant]
+    if body.tenant is not None and not tenants:
+        raise errors.NotFoundError(f"no tenant {body.tenant}")
+    for tenant in tenants:
+        call.need(tenant, identity.Role.OPERATOR, f"tenant {tenant}")
+    return await call.services.tasks.replay_many(tenants, body, actor=call.person.actor)
+
+
 async def _approvals(call: Call, query: ApprovalQuery) -> list[services.ApprovalView]:
     return await call.services.approvals.list(
         await call.tenants(), pending_only=query.pending_only, task_id=query.task_id
@@ -334,6 +351,16 @@ OPERATIONS: tuple[Operation, ...] = (
         refusals=(400, 403, 404, 409),
     ),
     Operation(
+        "POST",
+        "/tasks/replay",
+        "replayTasks",
+        "Replay every task a filter matches, once its count is confirmed (operator)",
+        services.BulkReplayResult,
+        _replay_many,
+        body=services.BulkReplay,
+        refusals=(400, 403, 404, 409),
+    ),
+    Operation(
         "GET",
         "/tasks/{task_id}",
         "getTask",
@@ -360,6 +387,18 @@ OPERATIONS: tuple[Operation, ...] = (
         services.CommandResult,
         _retry,
         path_model=TaskPath,
+        refusals=(400, 403, 404, 409),
+    ),
+    Operation(
+        "POST",
+        "/tasks/{task_id}/replay",
+        "replayTask",
+        "A new task replaying this one, from one of its steps or whole (operator)",
+        services.ReplayResult,
+        _replay,
+        path_model=TaskPath,
+        body=services.ReplayRequest,
+        status=201,
         refusals=(400, 403, 404, 409),
     ),
     Operation(

@@ -26,6 +26,7 @@ TaskState = Literal["queued", "running", "waiting", "succeeded", "failed", "canc
 CostGrouping = Literal["tenant", "agent", "model", "day", "task", "all"]
 _TENANT = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_PAGE = 200
+MAX_BULK = 500  # tasks one bulk replay may start
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -73,10 +74,14 @@ class TaskSummary(_View):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     updated_at: dt.datetime
+    replay_of: int | None = pydantic.Field(description="the task this one replays")
+    replay_from: str | None = pydantic.Field(
+        description="the step it ran again from (null: every step)"
+    )
 
 
 class StepView(_View):
-    """A step's checkpoint."""
+    """A step's checkpoint (attempt 0: reused from the task this one replays)."""
 
     position: int
     name: str
@@ -84,6 +89,9 @@ class StepView(_View):
     started_at: dt.datetime
     duration_ms: float
     output: pydantic.JsonValue
+    error: pydantic.JsonValue = pydantic.Field(
+        description="the failure a handled step raised ({types, message}), or null"
+    )
 
 
 class AttemptView(_View):
@@ -107,8 +115,8 @@ class TaskDetail(TaskSummary):
     attempt_history: list[AttemptView]
 
 
-class TaskFilter(_View):
-    """Which tasks a list shows: every field narrows it; `before` pages (keyset, newest first)."""
+class TaskNarrowing(_View):
+    """The fields that narrow a set of tasks (each one that is given)."""
 
     tenant: str | None = pydantic.Field(default=None, pattern=_TENANT)
     state: TaskState | None = None
@@ -119,6 +127,11 @@ class TaskFilter(_View):
     )
     since: Moment | None = pydantic.Field(default=None, description="created at or after")
     until: Moment | None = pydantic.Field(default=None, description="created before")
+
+
+class TaskFilter(TaskNarrowing):
+    """Which tasks a list shows: every field narrows it; `before` pages (keyset, newest first)."""
+
     before: int | None = pydantic.Field(
         default=None, ge=1, le=ID_MAX, description="only tasks with a smaller id (the next page)"
     )
@@ -162,6 +175,44 @@ class CommandResult(_View):
     result: Literal["cancelled", "cancelling", "queued"]
 
 
+class ReplayRequest(_View):
+    """Where a replay starts: the first step of this name, reusing the checkpoints before it
+    (null: every step runs again)."""
+
+    from_step: Text | None = pydantic.Field(default=None, min_length=1, max_length=200)
+
+
+class ReplayResult(_View):
+    """The task a replay started."""
+
+    task_id: int
+    replay_of: int
+    from_step: str | None
+    reused_steps: int
+
+
+class BulkReplay(TaskNarrowing):
+    """Replay every task the filter matches, oldest first. `expected` is the count the person
+    saw (GET /tasks/count with the same filter): when the filter matches another number now,
+    nothing is replayed (409). At most 500 tasks at once (MAX_BULK); the person must be an operator
+    in every tenant the filter covers."""
+
+    expected: int = pydantic.Field(ge=0, le=ID_MAX)
+    from_step: Text | None = pydantic.Field(default=None, min_length=1, max_length=200)
+
+
+class ReplayRefusal(_View):
+    """A task of a bulk replay that was not replayed, and why."""
+
+    task_id: int
+    reason: str
+
+
+class BulkReplayResult(_View):
+    replayed: list[ReplayResult]
+    refused: list[ReplayRefusal]
+
+
 class Tasks(Protocol):
     async def page(self, tenants: Sequence[str], query: TaskFilter) -> TaskPage: ...
 
@@ -174,6 +225,12 @@ class Tasks(Protocol):
     async def cancel(self, task_id: int, *, actor: str) -> CommandResult: ...
 
     async def retry(self, task_id: int, *, actor: str) -> CommandResult: ...
+
+    async def replay(self, task_id: int, request: ReplayRequest, *, actor: str) -> ReplayResult: ...
+
+    async def replay_many(
+        self, tenants: Sequence[str], request: BulkReplay, *, actor: str
+    ) -> BulkReplayResult: ...
 
 
 # ---- approvals -----------------------------------------------------------------------------------

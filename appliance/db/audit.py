@@ -64,3 +64,12 @@ async def find_tenant_chain_breaks(
     with pool.translated():
         rows = await conn.fetch(_Q["find_tenant_chain_breaks"], limit, list(tenants))
     return [models.ChainBreak(**pool.record_dict(row)) for row in rows]
+
+
+async def find_breaks_in_chain(
+    conn: pool.Connection | pool.Pool, chain: str
+) -> list[models.ChainBreak]:
+    """The entries of one chain that do not verify, in sequence order."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["find_breaks_in_chain"], chain)
+    return [models.ChainBreak(**pool.record_dict(row)) for row in rows]

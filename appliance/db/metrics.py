@@ -96,6 +96,17 @@ class PendingApprovals:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class WebhookBacklog:
+    """An outgoing webhook endpoint's deliveries not made yet, those that failed at least
+    once, the oldest one's age."""
+
+    endpoint: str
+    pending: int
+    failing: int
+    oldest_seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything `/metrics` reports from the database, read in one statement."""
 
@@ -106,6 +117,7 @@ class Snapshot:
     calls: tuple[CallTotals, ...]
     budgets: tuple[MonthBudget, ...]
     approvals: tuple[PendingApprovals, ...]
+    webhooks: tuple[WebhookBacklog, ...]
 
 
 async def read_metrics(
@@ -129,6 +141,7 @@ async def read_metrics(
             for item in row["budgets"]
         ),
         approvals=tuple(PendingApprovals(**item) for item in row["approvals"]),
+        webhooks=tuple(WebhookBacklog(**item) for item in row["webhooks"]),
     )
 
 

@@ -338,3 +338,49 @@ async def count_queue(
     with pool.translated():
         rows = await conn.fetch(_Q["count_queue"], list(tenants))
     return [QueueCount(**pool.record_dict(row)) for row in rows]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointText:
+    """A checkpoint as stored: its output and error as their JSON text, verbatim."""
+
+    position: int
+    name: str
+    output: str
+    error: str | None
+
+
+async def list_checkpoint_texts(
+    conn: pool.Connection | pool.Pool, task_id: int
+) -> list[CheckpointText]:
+    """A task's checkpoints in order, as the JSON text stored."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["list_checkpoint_texts"], task_id)
+    return [CheckpointText(**pool.record_dict(row)) for row in rows]
+
+
+async def replay_task(
+    conn: pool.Connection | pool.Pool,
+    *,
+    task_id: int,
+    position: int | None,
+    step: str | None,
+    actor: str,
+    max_attempts: int,
+    max_crashes: int,
+) -> int | None:
+    """A new task replaying `task_id`, reusing its checkpoints before `position` (None: none);
+    its id, or None when the task does not exist. A write that raced the source's lease holder
+    on its audit chain is retried once."""
+    for tries_left in (1, 0):
+        try:
+            with pool.translated():
+                new_id: int | None = await conn.fetchval(
+                    _Q["replay_task"], task_id, position, step, actor, max_attempts, max_crashes
+                )
+        except errors.ChainContentionError:
+            if not tries_left:
+                raise
+            continue
+        return new_id
+    raise errors.EngineError("unreachable")

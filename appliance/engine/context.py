@@ -21,9 +21,11 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from appliance import errors, models
+
+T = TypeVar("T")
 
 
 def encode(value: Any, what: str) -> str:
@@ -89,6 +91,18 @@ class TaskContext:
     def next_position(self) -> int:
         """The position the next `step` call will have."""
         return self._position
+
+    def service(self, name: str, kind: type[T], missing: str) -> T:
+        """The daemon's service `name` (from `services`), or ConfigError saying `missing`.
+
+        Workflows look services up here rather than in `services` directly, so that the replay
+        check (`engine.replay`), which runs a workflow against recorded checkpoints without the
+        daemon, can stand in for them.
+        """
+        found = self.services.get(name)
+        if not isinstance(found, kind):
+            raise errors.ConfigError(missing)
+        return found
 
     @property
     def replayed(self) -> int:

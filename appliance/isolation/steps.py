@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from appliance import errors, leases
+from appliance import leases
 from appliance.agents import tools
 from appliance.engine import context
 from appliance.isolation import supervisor
@@ -39,12 +39,12 @@ async def run(
     integrations: tuple[str, ...] = (),
 ) -> Any:
     """Run `fn(call, argument)` as step `name` of the task, in its own confined process."""
-    isolation = ctx.services.get(SERVICE)
-    if not isinstance(isolation, supervisor.Supervisor):
-        raise errors.ConfigError(
-            f"step {name!r} of task {ctx.task_id} runs isolated, but this worker has no "
-            "isolation service (the daemon provides it)"
-        )
+    isolation = ctx.service(
+        SERVICE,
+        supervisor.Supervisor,
+        f"step {name!r} of task {ctx.task_id} runs isolated, but this worker has no "
+        "isolation service (the daemon provides it)",
+    )
     target = supervisor.Target.of(fn)
     binding = leases.Binding(
         tenant_id=ctx.tenant_id,

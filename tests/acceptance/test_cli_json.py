@@ -71,6 +71,14 @@ async def _task_list(w: cli_world.World) -> list[str]:
     return ["task", "list"]
 
 
+async def _task_replay(w: cli_world.World) -> list[str]:
+    return ["task", "replay", str(await w.ran_task()), "--from-step", "sleep"]
+
+
+async def _audit_replay(w: cli_world.World) -> list[str]:
+    return ["audit", "replay", str(await w.ran_task())]
+
+
 async def _audit_show(w: cli_world.World) -> list[str]:
     return ["audit", "show", str(await w.task())]
 
@@ -195,8 +203,10 @@ CASES: dict[tuple[str, ...], Case] = {
     ("task", "show"): prepared(_task_show),
     ("task", "cancel"): prepared(_task_cancel),
     ("task", "retry"): prepared(_task_retry),
+    ("task", "replay"): prepared(_task_replay),
     ("audit", "verify"): static("audit", "verify"),
     ("audit", "show"): prepared(_audit_show),
+    ("audit", "replay"): prepared(_audit_replay),
     ("tenants", "add"): static("tenants", "add", "initech", "--name", "Initech"),
     ("tenants", "list"): static("tenants", "list"),
     ("agents", "apply"): prepared(_agents_apply),

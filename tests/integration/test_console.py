@@ -17,6 +17,7 @@ import pytest_asyncio
 from appliance import approvals
 from appliance.db import audit as dbaudit
 from appliance.db import pool as dbpool
+from appliance.db import tasks as dbtasks
 from appliance.engine import registry
 from tests.support import console, workflows
 from tests.support import engine as support
@@ -301,6 +302,115 @@ class TestRoles:
             "console:frank@example.com",
         ]
         assert after_two["votes"][0]["declared_as"] == "Bob on bob-phone.tail1fb5f0.ts.net"
+
+
+class TestReplay:
+    async def test_an_operator_replays_a_task_audited_with_her_login(
+        self, served: console.Console, db: dbpool.Pool
+    ) -> None:
+        """Alice replays an acme task whole: 201 with the new task, which names its source; both
+        chains name her."""
+        task_id = await task_of(db, "acme")
+        async with served.client(console.ALICE) as alice:
+            status, answer = await alice.post(f"/api/v1/tasks/{task_id}/replay", {})
+            _, shown = await alice.get(f"/api/v1/tasks/{answer['task_id']}")
+
+        assert status == 201
+        assert answer == {
+            "task_id": answer["task_id"],
+            "replay_of": task_id,
+            "from_step": None,
+            "reused_steps": 0,
+        }
+        assert (shown["replay_of"], shown["replay_from"]) == (task_id, None)
+        [told] = [
+            e
+            for e in await dbaudit.list_chain(db, f"task:{task_id}")
+            if e.action == "task.replayed"
+        ]
+        assert told.actor == "console:alice@example.com on alice-laptop.tail1fb5f0.ts.net"
+
+    async def test_a_viewer_cannot_replay_and_an_unknown_step_is_400(
+        self, served: console.Console, db: dbpool.Pool
+    ) -> None:
+        """Carol (viewer) is 403; Alice naming a step the task lacks is 400 saying so."""
+        task_id = await task_of(db, "acme")
+        async with served.client(console.CAROL) as carol:
+            viewer_status, _ = await carol.post(f"/api/v1/tasks/{task_id}/replay", {})
+        async with served.client(console.ALICE) as alice:
+            step_status, problem = await alice.post(
+                f"/api/v1/tasks/{task_id}/replay", {"from_step": "two"}
+            )
+
+        assert (viewer_status, step_status) == (403, 400)
+        assert (
+            problem["error"]
+            == f"task {task_id} has no step 'two'; it has no checkpoints (replay it whole)"
+        )
+
+    async def test_a_bulk_replay_needs_the_count_the_person_saw(
+        self, served: console.Console, db: dbpool.Pool
+    ) -> None:
+        """The filter's count first; a bulk replay with another count is 409 and makes
+        nothing; with the count it replays each matching task, oldest first."""
+        first, second = await task_of(db, "acme"), await task_of(db, "acme")
+        await task_of(db, "acme", priority=5)
+        query = "/api/v1/tasks/count?tenant=acme&state=queued"
+        async with served.client(console.ALICE) as alice:
+            _, counted = await alice.get(query)
+            stale, problem = await alice.post(
+                "/api/v1/tasks/replay", {"tenant": "acme", "state": "queued", "expected": 2}
+            )
+            status, answer = await alice.post(
+                "/api/v1/tasks/replay",
+                {"tenant": "acme", "state": "queued", "expected": counted["count"]},
+            )
+
+        assert counted == {"count": 3}
+        assert (stale, status) == (409, 200)
+        assert "matches 3 task(s) now, not 2" in problem["error"]
+        assert [r["replay_of"] for r in answer["replayed"]][:2] == [first, second]
+        assert (len(answer["replayed"]), answer["refused"]) == (3, [])
+
+    async def test_a_task_a_bulk_replay_cannot_fork_is_listed_with_the_reason(
+        self, served: console.Console, db: dbpool.Pool
+    ) -> None:
+        """From step `two` of tasks that have no checkpoints: each is refused, saying why,
+        and no task is made."""
+        task_id = await task_of(db, "acme")
+        body = {"tenant": "acme", "expected": 1, "from_step": "two"}
+        async with served.client(console.ALICE) as alice:
+            status, answer = await alice.post("/api/v1/tasks/replay", body)
+
+        assert status == 200
+        assert answer == {
+            "replayed": [],
+            "refused": [
+                {
+                    "task_id": task_id,
+                    "reason": f"task {task_id} has no step 'two'; it has no checkpoints "
+                    "(replay it whole)",
+                }
+            ],
+        }
+        assert len(await dbtasks.list_tasks(db)) == 1
+
+    async def test_a_bulk_replay_covers_only_tenants_the_person_operates(
+        self, served: console.Console, db: dbpool.Pool
+    ) -> None:
+        """Alice's bulk over globex is 404 (not her tenant); Carol's over acme, where she is a
+        viewer, is 403; neither replays anything."""
+        await task_of(db, "globex")
+        await task_of(db, "acme")
+        async with served.client(console.ALICE) as alice:
+            alice_status, _ = await alice.post(
+                "/api/v1/tasks/replay", {"tenant": "globex", "expected": 1}
+            )
+        async with served.client(console.CAROL) as carol:
+            carol_status, _ = await carol.post("/api/v1/tasks/replay", {"expected": 1})
+
+        assert (alice_status, carol_status) == (404, 403)
+        assert len(await dbtasks.list_tasks(db)) == 2
 
 
 class TestCrossSite:

@@ -255,6 +255,7 @@ DEFAULT_PREFIXES = ("process_", "python_")
 # Label names allowed: bounded by configuration or code, never per task, person or request.
 LABELS = {
     "tenant", "workflow", "state", "agent", "model", "category", "code", "holder", "version",
+    "endpoint",
     "le", "generation", "implementation", "major", "minor", "patchlevel",
 }  # fmt: skip
 TIME_WORDS = ("duration", "age", "seconds", "time", "latency")

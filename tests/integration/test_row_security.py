@@ -30,6 +30,8 @@ from appliance.db import audit as dbaudit
 from appliance.db import ingress as dbingress
 from appliance.db import isolation as dbisolation
 from appliance.db import migrations, tenancy
+from appliance.db import outbox as dboutbox
+from appliance.db import outgoing_webhooks as dbwebhooks
 from appliance.db import policies as dbpolicies
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
@@ -172,6 +174,12 @@ async def seed(pool: dbpool.Pool, box: vault.Vault, tenant_id: str, folder: Path
         actor="test",
     )
     await dbpolicies.apply_policy(pool, tenant_id=tenant_id, document_text=POLICY, actor="test")
+    events = await dboutbox.list_events_after(pool, seq=0, limit=1000)
+    await dbwebhooks.enqueue_deliveries(
+        pool,
+        endpoints=["ops"],
+        event_seqs=[next(e.seq for e in events if e.tenant_id == tenant_id)],
+    )
     return task_id
 
 

@@ -1,7 +1,7 @@
 """A small workload in the database, made through the real code paths, for what `/metrics`
 reports: tasks in every state (run by a real worker, so steps and durations exist), a lease
 takeover and a crash recovery, model calls with every token category, a monthly budget, an
-approval waiting, and undelivered outbox events.
+approval waiting, undelivered outbox events and an outgoing webhook's waiting deliveries.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 from appliance import approvals
 from appliance.agents import costs
+from appliance.db import outbox as dboutbox
+from appliance.db import outgoing_webhooks as dbwebhooks
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.engine import context, registry
@@ -97,6 +99,10 @@ async def make(pool: dbpool.Pool, dsn: str) -> Workload:
     await _calls(pool, ended[0])
     await costs.set_budget(
         pool, tenant_id="acme", scope="month", usd_limit=Decimal("5"), actor="test"
+    )
+    events = await dboutbox.list_events_after(pool, seq=0, limit=2)
+    await dbwebhooks.enqueue_deliveries(
+        pool, endpoints=["ops"] * len(events), event_seqs=[e.seq for e in events]
     )
     return Workload(tuple(ended), tuple(ended[:3]), delayed, cancelled, waiting)
 

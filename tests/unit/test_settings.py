@@ -347,3 +347,36 @@ class TestWorkerHealthAddress:
         config = settings.load(None, {"APPLIANCE_HEALTH__HOST": WILDCARD})
 
         assert config.health.host == WILDCARD
+
+
+class TestOutgoingWebhooks:
+    HOOK = '[[outbox.webhooks]]\nname = "ops"\nsecret_ref = "outbox/ops"\n'
+
+    def test_an_endpoint_loads_with_its_filters(self, tmp_path: Path) -> None:
+        """`[[outbox.webhooks]]` with a URL, a vault reference and filters."""
+        text = self.HOOK + 'url = "https://hooks.example.com/x"\nevents = ["task.*"]\n'
+        [hook] = settings.load(config(tmp_path, text), {}).outbox.webhooks
+        assert (hook.name, hook.events, hook.tenants) == ("ops", ("task.*",), ("*",))
+
+    @pytest.mark.parametrize(
+        ("url", "reason"),
+        [
+            ("ftp://hooks.example.com/x", "http:// or https://"),
+            ("https:///x", "http:// or https://"),
+            ("https://user:Pa55word-kept-back@hooks.example.com/x", "user or password"),
+        ],
+    )
+    def test_a_url_that_is_not_a_plain_http_address_is_refused(
+        self, tmp_path: Path, url: str, reason: str
+    ) -> None:
+        """Only http(s) with a host, and no credentials in it (which are never echoed)."""
+        message = everything_said(load_error(config(tmp_path, self.HOOK + f'url = "{url}"\n'), {}))
+        assert "outbox.webhooks" in message
+        assert reason in message
+        assert_nothing_of("Pa55word-kept-back", message)
+
+    def test_two_endpoints_of_one_name_are_refused(self, tmp_path: Path) -> None:
+        """Each endpoint's name is its queue: two of one name are a mistake."""
+        one = self.HOOK + 'url = "https://a.example.com/x"\n'
+        message = str(load_error(config(tmp_path, one + one), {}))
+        assert "two webhooks are named 'ops'" in message

@@ -66,3 +66,25 @@ SELECT chain, seq, reason FROM (
  WHERE reason IS NOT NULL
  ORDER BY chain, seq
  LIMIT $1;
+
+-- name: find_breaks_in_chain
+-- Like find_chain_breaks, over chain $1 only.
+SELECT chain, seq, reason FROM (
+    SELECT e.chain, e.seq,
+           CASE
+               WHEN e.hash <> appliance.audit_hash(e.prev_hash, e.chain, e.seq, e.tenant_id,
+                                                   e.task_id, e.actor, e.action, e.detail,
+                                                   e.created_at)
+                   THEN 'its content does not match its hash (the entry was altered)'
+               WHEN e.seq <> coalesce(lag(e.seq) OVER w, 0) + 1
+                   THEN 'entries before it are missing (expected seq '
+                        || (coalesce(lag(e.seq) OVER w, 0) + 1) || ')'
+               WHEN e.prev_hash <> coalesce(lag(e.hash) OVER w, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+                   THEN 'its link does not match the hash of the entry before it'
+           END AS reason
+      FROM appliance.audit_entries e
+     WHERE e.chain = $1
+    WINDOW w AS (ORDER BY e.seq)
+) checked
+ WHERE reason IS NOT NULL
+ ORDER BY seq;

@@ -72,6 +72,14 @@ budgets AS (
       FROM appliance.budgets b, month m
      WHERE b.scope = 'month'
 ),
+webhooks AS (
+    -- Each outgoing webhook endpoint's deliveries not made yet.
+    SELECT d.endpoint, count(*) AS pending, count(*) FILTER (WHERE d.attempts > 0) AS failing,
+           extract(epoch FROM now() - min(d.created_at))::double precision AS oldest_seconds
+      FROM appliance.outgoing_deliveries d
+     WHERE d.delivered_at IS NULL
+     GROUP BY 1
+),
 approvals AS (
     SELECT p.tenant_id, count(*) AS pending,
            extract(epoch FROM now() - min(p.created_at))::double precision AS oldest_seconds
@@ -85,4 +93,5 @@ SELECT (SELECT coalesce(json_agg(x), '[]') FROM tasks x) AS tasks,
        (SELECT row_to_json(x) FROM outbox x) AS outbox,
        (SELECT coalesce(json_agg(x), '[]') FROM calls x) AS calls,
        (SELECT coalesce(json_agg(x), '[]') FROM budgets x) AS budgets,
-       (SELECT coalesce(json_agg(x), '[]') FROM approvals x) AS approvals;
+       (SELECT coalesce(json_agg(x), '[]') FROM approvals x) AS approvals,
+       (SELECT coalesce(json_agg(x), '[]') FROM webhooks x) AS webhooks;

@@ -9,7 +9,7 @@ SELECT task_id, tenant_id, workflow, input, attempts, max_attempts, checkpoints
   FROM appliance.claim_tasks($1, $2, $3, $4, $5, $6);
 
 -- name: record_step
--- One step in one statement: lease check, checkpoint (or handled failure), audit entry, outbox event; returns whether a cancel was requested (no row: the lease is lost).
+-- One step in one statement: lease check, checkpoint (or handled failure), audit entry (with the result, verbatim), outbox event (without it); returns whether a cancel was requested (no row: the lease is lost).
 WITH lease AS (
     SELECT t.tenant_id, t.cancel_requested_by IS NOT NULL AS cancel_requested
       FROM appliance.tasks t
@@ -27,16 +27,17 @@ WITH lease AS (
            coalesce(h.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS prev_hash,
            jsonb_build_object('step', $5::text, 'position', $4::integer, 'attempt', $3::integer,
                               'duration_ms', round($8::numeric, 3)) AS detail,
+           jsonb_build_object('output', $6::text, 'error', $9::text) AS result,
            clock_timestamp() AS created_at,
            CASE WHEN $9::text IS NULL THEN 'step.completed' ELSE 'step.failed' END AS action
       FROM step s LEFT JOIN head h ON true
 ), audit AS (
     INSERT INTO appliance.audit_entries
         (chain, seq, tenant_id, task_id, actor, action, detail, created_at, prev_hash, hash)
-    SELECT 'task:' || $1, e.seq, e.tenant_id, $1, $2, e.action, e.detail, e.created_at,
-           e.prev_hash,
+    SELECT 'task:' || $1, e.seq, e.tenant_id, $1, $2, e.action, e.detail || e.result,
+           e.created_at, e.prev_hash,
            appliance.audit_hash(e.prev_hash, 'task:' || $1, e.seq, e.tenant_id, $1, $2,
-                                e.action, e.detail, e.created_at)
+                                e.action, e.detail || e.result, e.created_at)
       FROM entry e
 ), event AS (
     INSERT INTO appliance.outbox_events (tenant_id, task_id, type, payload)
@@ -84,14 +85,16 @@ SELECT appliance.retry_task($1, $2, $3);
 -- One task by id.
 SELECT task_id, tenant_id, workflow, input, state, wait_reason, priority, run_after, attempts,
        max_attempts, crashes, max_crashes, idempotency_key, concurrency_key, lease_node,
-       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at
+       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at,
+       replay_of, replay_from
   FROM appliance.tasks WHERE task_id = $1;
 
 -- name: list_tasks
 -- The newest tasks, optionally of one tenant and one state.
 SELECT task_id, tenant_id, workflow, input, state, wait_reason, priority, run_after, attempts,
        max_attempts, crashes, max_crashes, idempotency_key, concurrency_key, lease_node,
-       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at
+       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at,
+       replay_of, replay_from
   FROM appliance.tasks
  WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2)
  ORDER BY task_id DESC
@@ -99,8 +102,17 @@ SELECT task_id, tenant_id, workflow, input, state, wait_reason, priority, run_af
 
 -- name: list_steps
 -- A task's checkpoints in order.
-SELECT task_id, position, name, output, attempt, started_at, duration_ms
+SELECT task_id, position, name, output, error, attempt, started_at, duration_ms
   FROM appliance.steps WHERE task_id = $1 ORDER BY position;
+
+-- name: list_checkpoint_texts
+-- A task's checkpoints in order, output and error as the JSON text stored (verbatim).
+SELECT position, name, output::text AS output, error::text AS error
+  FROM appliance.steps WHERE task_id = $1 ORDER BY position;
+
+-- name: replay_task
+-- A new task replaying task $1 from position $2 (step $3; NULL: from the start) by $4, with $5 attempts and $6 crashes allowed; NULL when $1 does not exist.
+SELECT appliance.replay_task($1, $2, $3, $4, $5, $6);
 
 -- name: list_attempts
 -- A task's attempts in order.
@@ -119,7 +131,8 @@ SELECT appliance.resume_waiting($1, $2, $3);
 -- A page of tasks of tenants $1, newest first, narrowed by state $2, workflow $3, agent $4, text $5 in the input or error, created in [$6, $7), id below $8; at most $9.
 SELECT task_id, tenant_id, workflow, input, state, wait_reason, priority, run_after, attempts,
        max_attempts, crashes, max_crashes, idempotency_key, concurrency_key, lease_node,
-       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at
+       cancel_requested_by, output, error, created_at, started_at, finished_at, updated_at,
+       replay_of, replay_from
   FROM appliance.tasks
  WHERE tenant_id = ANY ($1::text[])
    AND ($2::text IS NULL OR state = $2)
