@@ -39,10 +39,22 @@ def task(**overrides: Any) -> services.TaskDetail:
         "output": "done",
         "steps": [
             services.StepView(
-                position=0, name="agent", attempt=1, started_at=at(10), duration_ms=2, output=1
+                position=0,
+                name="agent",
+                attempt=1,
+                started_at=at(10),
+                duration_ms=2,
+                output=1,
+                error=None,
             ),
             services.StepView(
-                position=1, name="model:0", attempt=2, started_at=at(600), duration_ms=250, output=2
+                position=1,
+                name="model:0",
+                attempt=2,
+                started_at=at(600),
+                duration_ms=250,
+                output=2,
+                error=None,
             ),
         ],
         "attempt_history": [
