@@ -30,6 +30,8 @@ def task(**overrides: Any) -> services.TaskDetail:
         "crashes": 1,
         "lease_node": None,
         "cancel_requested_by": None,
+        "replay_of": None,
+        "replay_from": None,
         "error": None,
         "created_at": T0,
         "started_at": at(5),
