@@ -37,7 +37,7 @@ from appliance.db import connection, migrations
 from appliance.db import health as dbhealth
 from appliance.db import tasks as dbtasks
 from appliance.engine import nodes, registry, submission, worker
-from appliance.ingress import credentials, guard, public, watch, webhooks
+from appliance.ingress import credentials, guard, public, scheduler, watch, webhooks
 from appliance.ingress import intake as ingress_intake
 from appliance.isolation import steps, supervisor
 from appliance.mesh import exposure, listeners, recheck, tailscale
@@ -93,7 +93,16 @@ async def _run(config: settings.Settings, options: Options) -> int:
             await master_key.check_at_start(db.pool, config)  # a recorded key must be there
             # The signing secrets in the vault, before any work starts: a missing one is exit 78.
             verifiers = await credentials.read_verifiers(db.pool, config)
-            async with _node_name(config, db) as node:
+            async with (
+                _node_name(config, db) as node,
+                scheduler.Scheduler(
+                    db.pool,
+                    registry.registry,
+                    config.engine,
+                    config.scheduler,
+                    definitions=config.schedules,
+                ),
+            ):
                 return await _serve(
                     config=config,
                     options=options,
