@@ -39,8 +39,8 @@ class Clock(Protocol):
         """The current instant, time zone aware."""
         ...
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait this long on this clock."""
+    async def sleep_until(self, deadline: dt.datetime) -> None:
+        """Wait until this clock reaches `deadline` (at once if it has)."""
         ...
 
 
@@ -50,8 +50,8 @@ class SystemClock:
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    async def sleep_until(self, deadline: dt.datetime) -> None:
+        await asyncio.sleep(max(0.0, (deadline - self.now()).total_seconds()))
 
 
 class Scheduler:
@@ -112,7 +112,8 @@ class Scheduler:
             else:
                 if soonest is not None and soonest > now:
                     wait = min(poll, (soonest - now).total_seconds())
-            await self._clock.sleep(wait)
+            # From the time the pass began: a slow pass does not push the next look back.
+            await self._clock.sleep_until(now + dt.timedelta(seconds=wait))
 
     async def fire_due(self, now: dt.datetime) -> int:
         """Fire every schedule due at `now` that no other node is firing; how many it fired."""
