@@ -22,6 +22,7 @@ from appliance.cli import agents as agent_commands
 from appliance.cli import approvals as approval_commands
 from appliance.cli import arguments, output, validation
 from appliance.cli import backup as backup_commands
+from appliance.cli import schedules as schedule_commands
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
@@ -585,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_commands.add_commands(sub, add, _Parser)
     approval_commands.add_commands(sub, add, _Parser)
     backup_commands.add_commands(sub, add, _Parser)
+    schedule_commands.add_commands(sub, add, _Parser)
     return parser
 
 

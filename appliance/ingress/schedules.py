@@ -185,6 +185,11 @@ async def add(
     return await get(pool, tenant_id=definition.tenant, name=definition.name)
 
 
+async def listing(pool: dbpool.Pool, *, tenant_id: str | None) -> list[models.Schedule]:
+    """Every schedule (or one tenant's), by tenant and name."""
+    return await dbschedules.list_schedules(pool, tenant_id=tenant_id)
+
+
 async def get(pool: dbpool.Pool, *, tenant_id: str, name: str) -> models.Schedule:
     """The schedule; NotFoundError naming it."""
     found = await dbschedules.get_schedule(pool, tenant_id=tenant_id, name=name)
