@@ -2,8 +2,9 @@
 
 The console listener (health first: a console on an address outside the tailnet fails the boot
 before the database is touched) → pool and schema → database watch, secret rotation → node
-name → relay, approval sweep, worker → watched folders → the public webhook port and the
-exposure gate → ready once the console is bound (on the tailnet, which may come up later).
+name → relay, approval sweep, worker → schedules → watched folders → the public webhook port
+and the exposure gate → ready once the console is bound (on the tailnet, which may come up
+later).
 Each subsystem is an async context manager (`subsystems`), entered into one `AsyncExitStack`:
 whatever ends the daemon (SIGTERM or SIGINT, a subsystem failing, an error while starting),
 everything entered stops in reverse order. On a signal, readiness goes red, the webhook port
@@ -24,7 +25,8 @@ import signal
 from pathlib import Path
 
 from appliance import health, lifecycle, plugins, settings, subsystems, systemd
-from appliance.engine import worker
+from appliance.engine import registry, worker
+from appliance.ingress import scheduler
 from appliance.mesh import listeners
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,16 @@ async def _run(config: settings.Settings, options: Options) -> int:
                     lifetime, config, db, engine_health, node, config_file=options.config_file
                 )
             )
+        # Every node fires the schedules (exactly once per slot by Postgres, whatever the count).
+        await enter(
+            scheduler.Scheduler(
+                db.pool,
+                registry.registry,
+                config.engine,
+                config.scheduler,
+                definitions=config.schedules,
+            )
+        )
         if config.watches and config.mode == "edge":
             await enter(subsystems.watches(config, db))
         ingress = await enter(subsystems.ingress(config, db, verifiers, console))

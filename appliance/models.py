@@ -179,3 +179,35 @@ class Node:
     heartbeat_at: dt.datetime
     stopped_at: dt.datetime | None
     silent_seconds: float
+
+
+Catchup = Literal["skip", "latest", "all"]
+Overlap = Literal["skip", "allow", "cancel-previous"]
+SlotOutcome = Literal["fired", "skipped", "failed", "run-now"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Schedule:
+    """A cron schedule and its shared firing state (see migrations/0017_schedules.sql)."""
+
+    schedule_id: int
+    tenant_id: str
+    name: str
+    cron: str
+    timezone: str
+    workflow: str
+    input: Any
+    catchup: Catchup
+    catchup_limit: int
+    overlap: Overlap
+    origin: Literal["config", "command"]
+    paused: bool
+    next_fire_at: dt.datetime
+    last_slot_at: dt.datetime | None
+    last_task_id: int | None
+    last_task_state: TaskState | None
+    open_tasks: tuple[int, ...]
+    missed_slots: int
+    created_by: str
+    created_at: dt.datetime
+    updated_at: dt.datetime

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, Self
 import pydantic
 
 from appliance import errors, triggers
-from appliance.ingress import signatures
+from appliance.ingress import cron, signatures
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
 MEBIBYTE = 1024 * 1024
@@ -635,6 +635,74 @@ class Watch(_Trigger):
     )
 
 
+class SchedulerSettings(_Section):
+    """How every node fires the schedules' slots (`[scheduler]`)."""
+
+    poll_seconds: float = pydantic.Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often a node looks for due slots (and sees schedules a command changed)",
+    )
+    grace_seconds: float = pydantic.Field(
+        default=60.0,
+        gt=0,
+        description="a slot fired later than this is late: catchup = 'skip' drops it",
+    )
+
+
+class Schedule(_Section):
+    """One cron schedule (`[[schedules]]`): at each slot it starts `workflow` with `input`."""
+
+    name: str = pydantic.Field(pattern=_NAME, description="unique within its tenant")
+    tenant: str = pydantic.Field(
+        default="default", pattern=_NAME, description="the tenant its tasks belong to"
+    )
+    cron: str = pydantic.Field(
+        description="five fields (minute hour day-of-month month day-of-week) or @hourly, "
+        "@daily, @weekly, @monthly, @yearly"
+    )
+    timezone: str = pydantic.Field(
+        default="UTC",
+        description="the IANA zone the fields are read in; DST as Debian cron handles it",
+    )
+    workflow: str = pydantic.Field(
+        min_length=1, description="the workflow each slot starts (agent.run for an agent)"
+    )
+    input: dict[str, Any] = pydantic.Field(
+        default_factory=dict, description="the task input (agent.run: agent, prompt)"
+    )
+    catchup: Literal["skip", "latest", "all"] = pydantic.Field(
+        default="latest",
+        description="slots missed while no node ran: none, the newest, or all up to catchup_limit",
+    )
+    catchup_limit: int = pydantic.Field(
+        default=10, ge=1, le=100, description="most missed slots catchup = 'all' fires"
+    )
+    overlap: Literal["skip", "allow", "cancel-previous"] = pydantic.Field(
+        default="skip",
+        description="a slot whose previous task is still running: skip it, start anyway, or "
+        "cancel the previous one",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _fires(self) -> Schedule:
+        try:
+            cron.parse(self.cron, self.timezone)
+        except errors.InputError as exc:
+            raise ValueError(exc.message) from None
+        try:
+            json.dumps(self.input, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError("input must be JSON (no TOML dates or times)") from None
+        if self.catchup == "all" and self.overlap != "allow":
+            raise ValueError(
+                f"catchup = 'all' starts every missed slot's task at once, so overlap = "
+                f"{self.overlap!r} would stop all but one: set overlap = 'allow'"
+            )
+        return self
+
+
 class Settings(_Section):
     mode: Literal["edge", "worker", "ingress"] = pydantic.Field(
         default="edge", description="deployment shape (DESIGN.md)"
@@ -662,6 +730,10 @@ class Settings(_Section):
     watches: tuple[Watch, ...] = pydantic.Field(
         default=(), description="local folders whose new or changed files start tasks"
     )
+    scheduler: SchedulerSettings = pydantic.Field(default_factory=SchedulerSettings)
+    schedules: tuple[Schedule, ...] = pydantic.Field(
+        default=(), description="cron schedules, written into Postgres at every start"
+    )
     log: LogSettings = pydantic.Field(default_factory=LogSettings)
 
     @pydantic.model_validator(mode="after")
@@ -670,6 +742,18 @@ class Settings(_Section):
             problem = private_address_problem(self.health.host)
             if problem:
                 raise ValueError(f"health.host of a worker: {problem}")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _schedules_once(self) -> Settings:
+        seen: set[tuple[str, str]] = set()
+        for schedule in self.schedules:
+            key = (schedule.tenant, schedule.name)
+            if key in seen:
+                raise ValueError(
+                    f"schedule {schedule.name!r} of tenant {schedule.tenant!r} is twice"
+                )
+            seen.add(key)
         return self
 
     @property

@@ -25,6 +25,7 @@ from appliance.cli import backup as backup_commands
 from appliance.cli import catalogue as catalogue_commands
 from appliance.cli import health as health_commands
 from appliance.cli import replay as replay_commands
+from appliance.cli import schedules as schedule_commands
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
@@ -587,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
         approval_commands.add_commands,
         backup_commands.add_commands,
         catalogue_commands.add_commands,
+        schedule_commands.add_commands,
     ):
         add_commands(sub, add, _Parser)
     return parser

@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import decimal
 import math
+import re
 from collections.abc import Callable
 
 INT32_MAX = 2**31 - 1
@@ -71,3 +72,40 @@ def usd(text: str) -> decimal.Decimal:
             f"must be an amount of USD from 0 to below {MAX_USD:,} (like 3 or 0.30), not {text!r}"
         )
     return value
+
+
+def cron_expression(text: str) -> str:
+    """A cron expression: five fields or a name such as @hourly (read in UTC to check it)."""
+    from appliance import errors
+    from appliance.ingress import cron
+
+    try:
+        cron.parse(text, "UTC")
+    except errors.InputError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+def timezone(text: str) -> str:
+    """An IANA time zone name."""
+    from appliance import errors
+    from appliance.ingress import cron
+
+    try:
+        cron.zone(text)
+    except errors.InputError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+def schedule_name(text: str) -> str:
+    """A schedule's name: lower-case letters, digits, '-' and '_', at most 63."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", text):
+        raise argparse.ArgumentTypeError(
+            f"must be lower-case letters, digits, '-' and '_' (at most 63, starting with a "
+            f"letter or digit), not {text!r}"
+        )
+    return text
+
+
+catchup_limit = whole(1, 100)

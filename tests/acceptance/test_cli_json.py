@@ -190,6 +190,22 @@ async def _health(w: cli_world.World) -> list[str]:
     return ["health"]
 
 
+async def _schedules_named(w: cli_world.World, command: str) -> list[str]:
+    return ["schedules", command, await w.schedule()]
+
+
+async def _schedules_list(w: cli_world.World) -> list[str]:
+    await w.schedule()
+    return ["schedules", "list"]
+
+
+def _on_a_schedule(command: str) -> Case:
+    async def prepare(w: cli_world.World) -> list[str]:
+        return await _schedules_named(w, command)
+
+    return Case(prepare)
+
+
 CASES: dict[tuple[str, ...], Case] = {
     ("init",): static("init"),
     ("exposure-check",): static("exposure-check", codes=(0, 78)),
@@ -232,6 +248,24 @@ CASES: dict[tuple[str, ...], Case] = {
     ("backup", "list"): static("backup", "list"),
     ("workflows", "list"): static("workflows", "list"),
     ("tools", "list"): static("tools", "list"),
+    ("schedules", "list"): prepared(_schedules_list),
+    ("schedules", "add"): static(
+        "schedules",
+        "add",
+        "nightly",
+        "--cron",
+        "30 2 * * *",
+        "--timezone",
+        "Europe/Berlin",
+        "--workflow",
+        workflows.COUNTED,
+        "--input",
+        '{"hold": 0}',
+    ),
+    ("schedules", "pause"): _on_a_schedule("pause"),
+    ("schedules", "resume"): _on_a_schedule("resume"),
+    ("schedules", "remove"): _on_a_schedule("remove"),
+    ("schedules", "run-now"): _on_a_schedule("run-now"),
 }
 # Commands with a test of their own below (they need more than the world).
 SEPARATE = {("backup", "restore")}
@@ -364,6 +398,33 @@ class TestValues:
         result = await world.cli("--json", "migrate", "--print-sql")
 
         assert assert_one_document(result) == []
+
+
+class TestSchedules:
+    async def test_list_shows_the_next_slot_and_the_last_task(self, world: cli_world.World) -> None:
+        """`schedules list --json` has the next slot in UTC and on the schedule's clock, and
+        the task `run-now` started as the last task with its state."""
+        name = await world.schedule()
+        ran = assert_one_document(await world.cli("--json", "schedules", "run-now", name))
+        [listed] = assert_one_document(await world.cli("--json", "schedules", "list"))
+
+        assert (listed["last_task_id"], listed["last_task_state"]) == (ran["task_id"], "queued")
+        slot = dt.datetime.fromisoformat(listed["next_fire_local"])
+        assert (slot.hour, slot.minute) in ((2, 30), (3, 0))  # 03:00 where 02:30 is skipped
+        assert dt.datetime.fromisoformat(listed["next_fire_at"]) == slot
+        assert listed["description"] == "At 02:30 every day"
+
+    async def test_the_table_shows_the_next_slot_in_the_schedules_zone(
+        self, world: cli_world.World
+    ) -> None:
+        """For people, the next slot reads on the schedule's own clock, with its zone."""
+        await world.schedule()
+        result = await world.cli("schedules", "list")
+
+        assert result.code == 0, result.stderr
+        [_, row] = result.stdout.splitlines()
+        assert "Europe/Berlin" in row
+        assert " CET" in row or " CEST" in row
 
 
 class TestErrors:

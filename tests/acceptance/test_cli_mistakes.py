@@ -6,7 +6,7 @@ Arguments may name things the test makes first: `{value}` a file holding a secre
 `{docs}` a folder of Markdown, `{empty}` an empty folder, `{binary}` a folder of pictures and
 binaries only, `{fifo}` a named pipe, `{policy}` a policy file, `{agent}` an agent file that
 is fine, `{unknown_tool}` one naming a tool nobody registered, `{unpriced}` one whose model
-has no price, `{approval}` a pending approval request.
+has no price, `{approval}` a pending approval request, `{schedule}` a schedule.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ PLACEHOLDER = re.compile(r"\{(\w+)\}")
 COUNTS = """SELECT (SELECT count(*) FROM appliance.tasks), (SELECT count(*) FROM appliance.secrets),
        (SELECT count(*) FROM appliance.documents), (SELECT count(*) FROM appliance.agents),
        (SELECT count(*) FROM appliance.policies), (SELECT count(*) FROM appliance.budgets),
-       (SELECT count(*) FROM appliance.tenants), (SELECT count(*) FROM appliance.approval_votes)"""
+       (SELECT count(*) FROM appliance.tenants), (SELECT count(*) FROM appliance.approval_votes),
+       (SELECT count(*) FROM appliance.schedules),
+       (SELECT count(*) FROM appliance.schedule_slots)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +132,49 @@ MISTAKES = [
     # agent files naming what the box does not have
     m("agents apply {unknown_tool}", 65, "unknown tool 'send_fax'"),
     m("agents apply {unpriced}", 65, "prices set no-such-model"),
+    # schedules: bad cron, unknown zone, unknown workflow, policies that cannot work together
+    m(f"schedules add x --cron 61|*|*|*|* --workflow {workflows.COUNTED}", 2, "bad minute field"),
+    m(f"schedules add x --cron *|*|* --workflow {workflows.COUNTED}", 2, "five fields"),
+    m(f"schedules add x --cron @reboot --workflow {workflows.COUNTED}", 2, "unknown name"),
+    m(
+        f"schedules add x --cron @daily --timezone Mars/Olympus --workflow {workflows.COUNTED}",
+        2,
+        "unknown time zone 'Mars/Olympus'",
+    ),
+    m("schedules add x --cron @daily --workflow no.such.workflow", 65, "no.such.workflow"),
+    m(f"schedules add Bad|Name --cron @daily --workflow {workflows.COUNTED}", 2, "name"),
+    m(f"schedules add x --cron @daily --workflow {workflows.COUNTED} --input [1]", 65, "input"),
+    m(
+        f"schedules add x --cron @daily --workflow {workflows.COUNTED} --catchup all",
+        65,
+        "overlap = 'allow'",
+    ),
+    m(
+        f"schedules add x --cron @daily --workflow {workflows.COUNTED} --catchup-limit 0",
+        2,
+        "--catchup-limit",
+    ),
+    m(
+        "schedules add x --cron @daily --workflow agent.run "
+        '--input {"agent":"nobody","prompt":"hi"}',
+        65,
+        "nobody",
+    ),
+    m(
+        f"schedules add x --cron @daily --workflow {workflows.COUNTED} --tenant nobody",
+        65,
+        "unknown tenant 'nobody'",
+    ),
+    m(
+        f"schedules add {{schedule}} --cron @daily --workflow {workflows.COUNTED}",
+        1,
+        "already exists",
+    ),
+    m("schedules list --tenant nobody", 65, "unknown tenant 'nobody'"),
+    m("schedules pause nobody", 1, "no schedule 'nobody'"),
+    m("schedules resume nobody", 1, "no schedule 'nobody'"),
+    m("schedules remove nobody", 1, "no schedule 'nobody'"),
+    m("schedules run-now nobody", 1, "no schedule 'nobody'"),
     # usage
     m("frobnicate", 2, "usage:"),
     m("task", 2, "usage:"),
@@ -170,6 +215,8 @@ async def resolve(world: cli_world.World, mistake: Mistake) -> list[str]:
             values[name] = world.file(f"{name}.toml", AGENT.format(model=model, tools=tools))
     if "approval" in names:
         values["approval"] = str(await world.approval())
+    if "schedule" in names:
+        values["schedule"] = await world.schedule()
     return [PLACEHOLDER.sub(lambda found: values[found[1]], arg) for arg in mistake.args]
 
 

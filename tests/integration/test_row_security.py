@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from appliance import errors, models, vault
+from appliance import errors, models, settings, vault
 from appliance.agents import costs, definitions, documents
 from appliance.db import approvals as dbapprovals
 from appliance.db import audit as dbaudit
@@ -34,9 +34,11 @@ from appliance.db import outbox as dboutbox
 from appliance.db import outgoing_webhooks as dbwebhooks
 from appliance.db import policies as dbpolicies
 from appliance.db import pool as dbpool
+from appliance.db import schedules as dbschedules
 from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
 from appliance.engine import context, registry, submission
+from appliance.ingress import schedules
 from tests.support import engine, postgres
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]
@@ -162,6 +164,17 @@ async def seed(pool: dbpool.Pool, box: vault.Vault, tenant_id: str, folder: Path
     )
     await dbingress.record_delivery(
         pool, tenant_id=tenant_id, source="shop", delivery_id="d1", task_id=task_id
+    )
+    nightly = settings.Schedule(name="nightly", tenant=tenant_id, cron="@daily", workflow=WORKFLOW)
+    added = await schedules.add(pool, workflows, nightly, now=dt.datetime.now(dt.UTC), actor="test")
+    await dbschedules.record_slot(
+        pool,
+        schedule_id=added.schedule_id,
+        slot_at=added.next_fire_at,
+        tenant_id=tenant_id,
+        outcome="skipped",
+        task_id=None,
+        reason="a slot without a task, so each tenant keeps its one task",
     )
     await vault.set_secret(
         pool,

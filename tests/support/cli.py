@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from appliance import approvals, vault
+from appliance import approvals, settings, vault
 from appliance.db import pool as dbpool
 from appliance.engine import registry
+from appliance.ingress import schedules
 from tests.support import daemon, workflows
 from tests.support import engine as support
 
@@ -72,6 +73,20 @@ class World:
             timeout=dt.timedelta(hours=1),
         )
         return request.approval_id
+
+    async def schedule(self, name: str = "nightly") -> str:
+        """A schedule of the counted workflow, 02:30 in Berlin; returns its name."""
+        definition = settings.Schedule(
+            name=name,
+            cron="30 2 * * *",
+            timezone="Europe/Berlin",
+            workflow=workflows.COUNTED,
+            input={"hold": 0},
+        )
+        await schedules.add(
+            self.db, registry.registry, definition, now=dt.datetime.now(dt.UTC), actor="test"
+        )
+        return name
 
     async def secret(self) -> None:
         opened = await vault.open_vault(self.db, self.key_file.read_bytes())
