@@ -162,7 +162,7 @@ class TestExactlyOnce:
                         victim = application.removeprefix("scheduler-")
                         await db.execute("SELECT pg_terminate_backend($1)", pid)
                         await engine.wait_until(partial(gone, db, pid), what="its session ended")
-                        async with asyncio.timeout(10):  # the process goes too
+                        async with asyncio.timeout(30):  # the process goes too
                             await running.pop(victim).aclose()
                     clock.advance(1)  # the survivors' next look
                 else:
