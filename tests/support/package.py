@@ -8,6 +8,7 @@ this machine cannot build or boot the package, for a clear skip: the packaging t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -49,14 +50,23 @@ def version(tree: Path = ROOT) -> str:
 
 
 def ensure_wheelhouse() -> Path:
-    """The wheelhouse, gathered first if it holds no wheel."""
-    if not any(WHEELHOUSE.glob("*.whl")):
+    """The wheelhouse, gathered (again) when it was gathered for other dependencies or by
+    another wheels.sh (its stamp: a hash of both) or holds no wheel."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        dependencies = tomllib.load(file)["project"]["dependencies"]
+    script = ROOT / "packaging" / "deb" / "wheels.sh"
+    recipe = repr((sorted(dependencies), script.read_bytes())).encode()
+    stamp = hashlib.sha256(recipe).hexdigest()
+    stamp_file = WHEELHOUSE / ".stamp"
+    gathered = stamp_file.exists() and stamp_file.read_text(encoding="ascii") == stamp
+    if not gathered or not any(WHEELHOUSE.glob("*.whl")):
         subprocess.run(
-            [str(ROOT / "packaging" / "deb" / "wheels.sh"), str(WHEELHOUSE)],
+            [str(script), str(WHEELHOUSE)],
             check=True,
             timeout=BUILD_SECONDS,
             capture_output=True,
         )
+        stamp_file.write_text(stamp, encoding="ascii")
     return WHEELHOUSE
 
 
