@@ -23,6 +23,7 @@ from appliance.cli import approvals as approval_commands
 from appliance.cli import arguments, output, validation
 from appliance.cli import backup as backup_commands
 from appliance.cli import health as health_commands
+from appliance.cli import provision as provision_commands
 from appliance.db import audit as dbaudit
 from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
@@ -584,9 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_add.add_argument("tenant_id")
     tenant_add.add_argument("--name")
     add("list", cmd_tenants_list, "list tenants", tenants)
-    agent_commands.add_commands(sub, add, _Parser)
-    approval_commands.add_commands(sub, add, _Parser)
-    backup_commands.add_commands(sub, add, _Parser)
+    for group in (agent_commands, approval_commands, backup_commands, provision_commands):
+        group.add_commands(sub, add, _Parser)
     return parser
 
 

@@ -377,6 +377,15 @@ class Events(Protocol):
     async def after(self, seq: int, *, limit: int) -> list[Event]: ...
 
 
+# ---- roles granted in the database ---------------------------------------------------------------
+
+
+class Grants(Protocol):
+    async def roles_of(self, login: str) -> list[tuple[str, str]]:
+        """(tenant, role) of each role granted to `login` in the database (provisioning)."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Services:
     """Everything the console's web layer may call."""
@@ -387,3 +396,4 @@ class Services:
     audit: Audit
     workforce: Workforce
     events: Events
+    grants: Grants

@@ -221,8 +221,9 @@ CASES: dict[tuple[str, ...], Case] = {
     ("backup", "create"): static("backup", "create"),
     ("backup", "list"): static("backup", "list"),
 }
-# Commands with a test of their own below (they need more than the world).
-SEPARATE = {("backup", "restore")}
+# Commands with a test of their own (they need more than the world): restore below; provision
+# with the tailscale stand-in in tests/integration/test_provisioning.py.
+SEPARATE = {("backup", "restore"), ("provision",)}
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
