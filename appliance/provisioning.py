@@ -43,7 +43,7 @@ import stat
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 
@@ -446,25 +446,24 @@ class Provisioner:
         self._join_pending = False
 
     async def run(self) -> None:
-        provisioned = await self._look()
+        looked = await self._look()
         while True:
             status = await self._status()
             if isinstance(status, tailscale.Status) and status.ready:
                 break
             if self._join_pending and isinstance(status, tailscale.Status):
                 await self._rejoin()
-            elif not provisioned:
-                provisioned = await self._look()
-                if not provisioned and not self._join_pending:
+            elif looked != "consumed":
+                looked = await self._look()
+                if looked == "none":
                     self._say(
                         f"waiting to be provisioned: the tailnet is not up ({_state(status)}) "
-                        "and no "
-                        f"provisioning file is in {look_in(self._config)}; put one there "
-                        "(README: First boot) or run `appliance provision FILE`",
+                        f"and no provisioning file is in {look_in(self._config)}; put one "
+                        "there (README: First boot) or run `appliance provision FILE`",
                         event="provisioning.waiting",
                     )
             await asyncio.sleep(self._config.provisioning.poll_seconds)
-        if provisioned:
+        if looked == "consumed":
             await self._announce()
 
     async def _status(self) -> tailscale.Status | str:
@@ -474,25 +473,23 @@ class Provisioner:
         except errors.ApplianceError as exc:
             return exc.message.splitlines()[0]
 
-    async def _look(self) -> bool:
-        """Consume the file there is, if any; True once one was."""
+    async def _look(self) -> Literal["none", "refused", "consumed"]:
+        """Consume the file there is, if any."""
         found = candidates(self._config)
         if not found:
-            return False
+            return "none"
         try:
             done, plan = await provision(
                 self._pool, self._config, the_one(found), actor="daemon:provisioning"
             )
         except errors.DatabaseUnavailableError:
-            return False  # the outage is logged once, by the db watch; the next look retries
+            return "refused"  # the outage is logged once, by the db watch; the next look retries
         except (ProvisioningFileError, errors.ConfigError) as exc:
             self._say(f"{exc.message}; nothing was consumed", event="provisioning.refused")
-            return False
-        self._say(
-            f"provisioned from {done.source}: joining the tailnet", event="provisioning.joining"
-        )
+            return "refused"
+        self._notify(f"provisioned from {done.source}: joining the tailnet")
         await self._join(plan.tailnet.auth_key.get_secret_value().encode())
-        return True
+        return "consumed"
 
     async def _join(self, key: bytes) -> None:
         try:
@@ -550,8 +547,6 @@ class Provisioner:
             return
         self._said = message
         level = logging.ERROR if event == "provisioning.refused" else logging.WARNING
-        if event == "provisioning.joining":
-            level = logging.INFO
         log.log(level, "%s", message, extra={"event": event})
         self._notify(message)
 
