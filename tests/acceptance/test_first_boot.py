@@ -14,15 +14,18 @@ import os
 import shutil
 import socket
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+import pytest_asyncio
 
 from appliance.db import pool as dbpool
 from appliance.db import tenants as dbtenants
-from tests.support import daemon, netns
+from tests.support import daemon, netns, postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -65,6 +68,19 @@ def space() -> Iterator[netns.Namespace]:
         pytest.skip(f"no network namespace here: {exc}")
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def empty_database(server_dsn: str) -> AsyncIterator[str]:
+    """A database nothing was done to (not even migrated), over the unix socket."""
+    name = f"appliance_fresh_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield socket_dsn(postgres.with_database(server_dsn, name))
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     """systemd's side, on a path (an abstract name would stay in the host's namespace)."""
@@ -94,7 +110,6 @@ class Box:
     def __init__(self, space: netns.Namespace, folder: Path, dsn: str) -> None:
         self.space = space
         self.folder = folder
-        (folder / "state").mkdir(exist_ok=True)
         self.env = daemon.environment(
             dsn,
             folder,
@@ -143,21 +158,27 @@ class Box:
         finally:
             await box.kill()
 
-    async def exposure_check(self) -> tuple[int, Any]:
-        check = await asyncio.create_subprocess_exec(
+    async def cli(self, *args: str) -> daemon.Result:
+        """`appliance ARGS` in the namespace, with the daemon's settings."""
+        command = await asyncio.create_subprocess_exec(
             *self.space.command(
-                *daemon.command(),
-                "--config",
-                str(daemon.config_file(self.folder)),
-                "--json",
-                "exposure-check",
+                *daemon.command(), "--config", str(daemon.config_file(self.folder)), *args
             ),
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, _ = await check.communicate()
-        return check.returncode or 0, json.loads(out)
+        out, err = await command.communicate()
+        return daemon.Result(command.returncode or 0, out.decode(), err.decode())
+
+    async def exposure_check(self) -> tuple[int, Any]:
+        checked = await self.cli("--json", "exposure-check")
+        return checked.code, checked.json()
+
+    async def doctor(self) -> dict[str, dict[str, Any]]:
+        """doctor's checks that are not ok, by name."""
+        checks = (await self.cli("--json", "doctor")).json()
+        return {c["name"]: c for c in checks if not c["ok"]}
 
 
 class TestFirstBoot:
@@ -174,6 +195,7 @@ class TestFirstBoot:
         console on the tailnet addresses, its URL logged, printed and in the status. Started
         again: ready at once, nothing consumed or joined again."""
         box = Box(space, tmp_path, socket_dsn(database_dsn))
+        (tmp_path / "state").mkdir()
         async with box.running("first") as first:
             waiting = await first.wait_for_log("provisioning.waiting")
             assert "no provisioning file is in" in waiting["msg"]
@@ -231,3 +253,35 @@ class TestFirstBoot:
             assert await again.terminate() == 0
         assert [r["event"] for r in again.records if r["event"].startswith("provisioning.")] == []
         assert box.runs("up") == 1
+
+
+class TestDoctorOnAFreshBox:
+    async def test_it_lists_what_is_missing_and_each_fix_works(
+        self, empty_database: str, space: netns.Namespace, tmp_path: Path
+    ) -> None:
+        """A box with nothing done (no state dir, an empty database, logged out of the
+        tailnet): doctor names exactly what is missing, each with the command that fixes it;
+        run as printed, each command leaves only what is still to do, until all is ok."""
+        box = Box(space, tmp_path, empty_database)
+        missing = await box.doctor()
+        assert set(missing) == {"state dir", "schema", "tailnet", "backup"}, missing
+        assert "appliance init" in missing["state dir"]["fix"]
+        assert missing["schema"]["fix"] == "appliance migrate"
+        assert missing["tailnet"]["fix"].startswith("appliance provision FILE")
+        assert missing["backup"]["fix"].startswith("appliance backup create")
+
+        assert (await box.cli("init")).code == 0
+        missing = await box.doctor()
+        assert set(missing) == {"tailnet", "console people", "backup"}, missing
+        assert missing["console people"]["fix"].startswith("appliance provision FILE")
+
+        provision = tmp_path / "provision.toml"
+        provision.write_text(GOOD, encoding="utf-8")
+        assert (await box.doctor())["tailnet"]  # a file that waits is not a join
+        provided = await box.cli("provision", str(provision))
+        assert provided.code == 0, provided.stderr
+        missing = await box.doctor()
+        assert set(missing) == {"backup"}, missing
+
+        assert (await box.cli("backup", "create")).code == 0
+        assert await box.doctor() == {}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import provisioning, settings
+from appliance import doctor, provisioning, settings
 from appliance.mesh import tailscale
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,3 +236,27 @@ class TestConsoleUrl:
         assert provisioning.console_url(config, self.status(), 8470) == (
             "https://box-1.tail1fb5f0.ts.net/"
         )
+
+
+class TestDoctorsLine:
+    def test_no_file_no_line(self, tmp_path: Path) -> None:
+        """Nothing waits: doctor says nothing about provisioning files (the tailnet line does)."""
+        assert doctor._provisioning_file(config_for(tmp_path)) == []
+
+    def test_a_waiting_file_is_ok_and_says_when_it_is_consumed(self, tmp_path: Path) -> None:
+        """Its admin and tenant count, and when it will be consumed."""
+        config = config_for(tmp_path)
+        path = write(tmp_path / "etc" / "provision.toml", GOOD)
+        [check] = doctor._provisioning_file(config)
+        assert check.ok
+        assert check.detail.startswith(f"{path} waits to be consumed (admin alice@example.com")
+
+    def test_a_bad_file_fails_with_its_problem_and_the_fix(self, tmp_path: Path) -> None:
+        """The reader's one line, and where every field is shown."""
+        config = config_for(tmp_path)
+        write(tmp_path / "etc" / "provision.toml", GOOD.replace("[admin]", "[admn]"))
+        [check] = doctor._provisioning_file(config)
+        assert check.failed
+        assert "admin: missing" in check.detail
+        assert "provisioning/provision.example.toml" in check.fix
+        assert KEY not in check.detail
