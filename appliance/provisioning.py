@@ -395,18 +395,19 @@ def console_url(config: settings.Settings, status: tailscale.Status, port: int) 
 # ---- the packaged unit's start step ----------------------------------------------------------
 
 
-def stage(config: settings.Settings) -> Path | None:
+def stage(config: settings.Settings) -> tuple[Path, Plan] | None:
     """As root, before the sandboxed daemon starts: the file found in `provisioning.paths`
-    (which the daemon cannot see or remove) checked, copied into the state directory for the
-    daemon (owned by the directory's owner, mode 0600), and the original shredded. A bad file
-    is refused (ProvisioningFileError) and left where it is."""
+    (which the daemon can neither see nor remove) checked, copied into the state directory for
+    the daemon (owned by the directory's owner, mode 0600), and the original shredded; its
+    path and plan (the caller joins the tailnet with it: a write tailscaled allows root, not
+    the service user). A bad file is refused (ProvisioningFileError) and left where it is."""
     target = config.state_dir / STAGED
     found = [path for path in candidates(config) if path != target]
     if not found:
         return None
     source = the_one(found)
     text = _text(source)
-    parse(text, source)
+    plan = parse(text, source)
     owner = config.state_dir.stat()
     staging = target.with_name(f".{STAGED}.{os.getpid()}")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -419,7 +420,7 @@ def stage(config: settings.Settings) -> Path | None:
     problem = shred(source)
     if problem:
         log.error("%s", problem, extra={"event": "provisioning.not_shredded"})
-    return source
+    return source, plan
 
 
 # ---- the daemon ------------------------------------------------------------------------------

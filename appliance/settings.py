@@ -297,10 +297,10 @@ class ProvisioningSettings(_Section):
             f"/media/*/*/{PROVISIONING_FILE}",
             f"/Volumes/*/{PROVISIONING_FILE}",
         ),
-        description="where a provisioning file is looked for, in order (shell patterns: a "
-        "volume mounted under /media by usbmount or udisks, or under /Volumes on macOS); "
-        "<state_dir>/provision.toml, where the packaged unit's start step puts a file it found, "
-        "is looked at first",
+        description="where a provisioning file is looked for, in order (shell patterns: the "
+        "root of a volume mounted under /media, /media/<user>/<label> by udisks, or /Volumes on "
+        "macOS); <state_dir>/provision.toml, where the packaged unit's start step puts a file "
+        "it found, is looked at first",
     )
     poll_seconds: float = pydantic.Field(
         default=5.0,

@@ -3,9 +3,10 @@ does the work), and `--stage`, the packaged unit's start step, run as root.
 
 By hand, it does what the daemon does with a file it finds: check it, record it (the auth key
 into the vault, tenants, the admin's roles), shred it, join the tailnet, and print the console's
-URL. Without FILE it takes the one file found where the daemon looks. Exit codes: 0 done, 1 no
-file found, 65 a bad file (nothing consumed), 69 tailscaled down (the file was consumed: the key
-is in the vault, and `appliance init` joins with it later), 78 the vault's key cannot be used.
+URL. Without FILE it takes the one file found where the daemon looks; `--check` only reads it
+and says what it asks for. Exit codes: 0 done, 1 no file found, 65 a bad file (nothing
+consumed), 69 tailscaled down (the file was consumed: the key is in the vault, and `appliance
+init` joins with it later), 78 the vault's key cannot be used.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from appliance.db import connection
 async def cmd_provision(args: argparse.Namespace, config: settings.Settings) -> int:
     """Consume a provisioning file now."""
     if args.stage:
-        return _stage(args, config)
+        return await _stage(config)
     path = _file(args.file, config)
-    provisioning.read(path)  # a bad file is refused before the database is opened
+    plan = provisioning.read(path)  # a bad file is refused before the database is opened
+    if args.check:
+        return _checked(args, config, path, plan)
     async with connection.open_database(config, create_cluster=True, pool_size=2) as db:
         done, plan = await provisioning.provision(db.pool, config, path, actor=output.actor())
     try:
@@ -57,6 +60,18 @@ async def cmd_provision(args: argparse.Namespace, config: settings.Settings) -> 
     return 0
 
 
+def _checked(
+    args: argparse.Namespace, config: settings.Settings, path: Path, plan: provisioning.Plan
+) -> int:
+    """--check: what the file would do, nothing consumed."""
+    tenants = list(plan.tenant_names(config.default_tenant))
+    if args.json:
+        output.emit_json({"file": path, "admin": plan.admin.login, "tenants": tenants})
+    else:
+        output.out(f"{path}: ok; admin {plan.admin.login} of {', '.join(tenants)}")
+    return 0
+
+
 def _file(given: Path | None, config: settings.Settings) -> Path:
     if given is not None:
         return given
@@ -69,16 +84,28 @@ def _file(given: Path | None, config: settings.Settings) -> Path:
     return provisioning.the_one(found)
 
 
-def _stage(args: argparse.Namespace, config: settings.Settings) -> int:
-    """The file found handed to the daemon (README: First boot); exit 0 when there is none or
-    it is bad (said in one line), so the daemon still starts and says what it waits for."""
+async def _stage(config: settings.Settings) -> int:
+    """The packaged unit's start step, as root: the file found handed to the daemon, and the
+    tailnet joined with its key. Always exit 0 (each problem said in one line), so the daemon
+    still starts and says what it waits for."""
     try:
-        source = provisioning.stage(config)
+        staged = provisioning.stage(config)
     except provisioning.ProvisioningFileError as exc:
-        output.err(f"appliance: {exc.message}")
+        output.err(f"appliance: {exc.message}; nothing was consumed")
         return 0
-    if source is not None:
-        output.err(f"appliance: staged {source} for the daemon, and removed it")
+    if staged is None:
+        return 0
+    source, plan = staged
+    output.err(f"appliance: staged {source} for the daemon, and removed it")
+    try:
+        status = await provisioning.join(config, plan.tailnet.auth_key.get_secret_value().encode())
+    except errors.ApplianceError as exc:
+        output.err(
+            f"appliance: cannot join the tailnet now: {exc.message.splitlines()[0]} (the daemon "
+            "tries again as its own user, which needs `tailscale set --operator=appliance`)"
+        )
+        return 0
+    output.err(f"appliance: joined the tailnet as {status.dns_name} ({status.backend_state})")
     return 0
 
 
@@ -93,6 +120,9 @@ def add_commands(
         nargs="?",
         type=Path,
         help="the provisioning file (default: the one found where the daemon looks)",
+    )
+    command.add_argument(
+        "--check", action="store_true", help="only read the file and say what it asks for"
     )
     command.add_argument(
         "--stage",

@@ -244,3 +244,14 @@ class TestByHand:
         assert "no provisioning file in" in result.stderr
         assert str(tmp_path / "usb" / "*" / "appliance-provision.toml") in result.stderr
         assert "appliance provision FILE" in result.stderr
+
+    async def test_check_reads_the_file_and_consumes_nothing(
+        self, db: dbpool.Pool, database_dsn: str, tmp_path: Path
+    ) -> None:
+        """--check: exit 0 with what the file asks for; the file and the database untouched."""
+        path = provision_file(tmp_path)
+        result = await self.cli(tmp_path, database_dsn, "--check", str(path))
+        assert result.code == 0, result.stderr
+        assert result.stdout == f"{path}: ok; admin alice@example.com of default, initech, acme\n"
+        assert path.read_text(encoding="utf-8") == FILE
+        assert await dbtenants.get_tenant(db, "initech") is None

@@ -186,7 +186,10 @@ class TestStaging:
         """Copied as the state dir's owner with mode 0600; the original is shredded."""
         config = config_for(tmp_path)
         source = write(tmp_path / "media" / "usb" / settings.PROVISIONING_FILE, GOOD)
-        assert provisioning.stage(config) == source
+        found = provisioning.stage(config)
+        assert found is not None
+        assert found[0] == source
+        assert found[1].admin.login == "alice@example.com"
         staged = config.state_dir / provisioning.STAGED
         assert staged.read_text(encoding="utf-8") == GOOD
         mode = staged.stat()
