@@ -129,7 +129,6 @@ class Box:
         )
         self.env["FAKE_TAILSCALE_STATE_FILE"] = str(folder / "tailscale-state.json")
         self.env["FAKE_TAILSCALE_LOG"] = str(folder / "tailscale-argv.jsonl")
-        self.env["NOTIFY_SOCKET"] = str(folder / "notify.sock")
         self.stick = folder / "media" / "STICK" / "appliance-provision.toml"
 
     def runs(self, command: str) -> int:
@@ -195,6 +194,7 @@ class TestFirstBoot:
         console on the tailnet addresses, its URL logged, printed and in the status. Started
         again: ready at once, nothing consumed or joined again."""
         box = Box(space, tmp_path, socket_dsn(database_dsn))
+        box.env["NOTIFY_SOCKET"] = notify_socket.getsockname()
         (tmp_path / "state").mkdir()
         async with box.running("first") as first:
             waiting = await first.wait_for_log("provisioning.waiting")
@@ -253,6 +253,30 @@ class TestFirstBoot:
             assert await again.terminate() == 0
         assert [r["event"] for r in again.records if r["event"].startswith("provisioning.")] == []
         assert box.runs("up") == 1
+
+    async def test_a_join_waits_for_tailscaled_with_the_key_in_the_vault(
+        self, db: dbpool.Pool, database_dsn: str, space: netns.Namespace, tmp_path: Path
+    ) -> None:
+        """tailscaled not running when the file is consumed: the file is gone, the key is in
+        the vault, the box says it waits for tailscaled; once tailscaled answers, it joins
+        with the vault's key and announces the console."""
+        box = Box(space, tmp_path, socket_dsn(database_dsn))
+        (tmp_path / "state").mkdir()
+        state = tmp_path / "tailscale-state.json"
+        state.write_text(json.dumps({"BackendState": "DaemonDown"}))
+        box.stick.parent.mkdir(parents=True)
+        box.stick.write_text(GOOD, encoding="utf-8")
+        async with box.running("late") as late:
+            waiting = await late.wait_for_log("provisioning.join_waiting")
+            assert "the auth key is in the vault; waiting for tailscaled" in waiting["msg"]
+            assert not box.stick.exists()
+            assert box.runs("up") == 0
+            state.write_text(json.dumps({"BackendState": "NeedsLogin"}))
+            done = await late.wait_for_log("provisioning.done", timeout=60)
+            assert done["url"] == f"http://box-1.tail1fb5f0.ts.net:{CONSOLE_PORT}/"
+            assert box.runs("up") == 1
+            assert await late.terminate() == 0
+        assert KEY not in (tmp_path / "late.log").read_text()
 
 
 class TestDoctorOnAFreshBox:

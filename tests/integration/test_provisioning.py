@@ -255,3 +255,59 @@ class TestByHand:
         assert result.stdout == f"{path}: ok; admin alice@example.com of default, initech, acme\n"
         assert path.read_text(encoding="utf-8") == FILE
         assert await dbtenants.get_tenant(db, "initech") is None
+
+
+class TestTheUnitsRootStep:
+    async def stage(self, tmp_path: Path) -> daemon.Result:
+        """`appliance provision --stage` as the unit runs it, with the stand-in logged out."""
+        return await daemon.cli(
+            "provision",
+            "--stage",
+            folder=tmp_path,
+            overrides={
+                "mesh.tailscale": str(STAND_IN),
+                "mesh.hostname": "box-1",
+                "provisioning.paths": [str(tmp_path / "etc" / "provision.toml")],
+            },
+            env={
+                "FAKE_TAILSCALE_STATE_FILE": str(tmp_path / "tailscale-state.json"),
+                "FAKE_TAILSCALE_LOG": str(tmp_path / "tailscale-argv.jsonl"),
+            },
+        )
+
+    def dropped(self, tmp_path: Path, text: str) -> Path:
+        (tmp_path / "state").mkdir()
+        path = tmp_path / "etc" / "provision.toml"
+        path.parent.mkdir()
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    async def test_it_moves_the_file_for_the_daemon_and_joins(self, tmp_path: Path) -> None:
+        """The file is in the state dir, the original gone, the node Running; the key in no
+        output and no argv."""
+        source = self.dropped(tmp_path, FILE)
+        result = await self.stage(tmp_path)
+        assert result.code == 0, result.stderr
+        assert result.stderr.splitlines() == [
+            f"appliance: staged {source} for the daemon, and removed it",
+            "appliance: joined the tailnet as box-1.tail1fb5f0.ts.net (Running)",
+        ]
+        assert (tmp_path / "state" / "provision.toml").read_text(encoding="utf-8") == FILE
+        assert not source.exists()
+        argv = (tmp_path / "tailscale-argv.jsonl").read_text()
+        assert KEY not in argv + result.stdout + result.stderr
+        assert '"up"' in argv
+
+    async def test_a_bad_file_is_one_line_and_exit_0(self, tmp_path: Path) -> None:
+        """The daemon must still start: exit 0, the problem in one line, the file kept, no
+        join attempted."""
+        source = self.dropped(tmp_path, FILE.replace("[admin]", "[admins]"))
+        result = await self.stage(tmp_path)
+        assert result.code == 0
+        assert result.stderr.splitlines() == [
+            f"appliance: provisioning file {source}: admin: missing; admins: unknown key; "
+            "nothing was consumed"
+        ]
+        assert source.exists()
+        assert not (tmp_path / "state" / "provision.toml").exists()
+        assert not (tmp_path / "tailscale-argv.jsonl").exists()
