@@ -19,6 +19,8 @@ What consuming a file does (`provision`), in this order:
 3. shreds the file (`shred`): overwritten with zeros in place, flushed, removed;
 4. joins the tailnet through the `tailscale` CLI wrapper: `up` with the key in a private
    temporary file (never in argv, never logged), or `set` on a node that has joined already.
+   On the packaged box the unit's root step (`stage`) has joined before the daemon started
+   (tailscaled lets root make it join, not the service user), and this finds nothing to do.
 
 The console listener, waiting for the tailnet meanwhile, then binds the tailnet addresses and
 runs the exposure gate; the daemon logs the console's URL and shows it in its systemd status
@@ -288,7 +290,7 @@ async def record(
             for tenant_id, name in names.items()
             if await dbtenants.create_tenant(conn, tenant_id=tenant_id, name=name, actor=actor)
         ]
-        stored = await _stored_key(conn, config, box)
+        stored = await tailnet_key(conn, config, box)
         if stored != key:
             await vault.set_secret(
                 conn,
@@ -318,9 +320,10 @@ async def record(
     )
 
 
-async def _stored_key(
+async def tailnet_key(
     conn: dbpool.Connection | dbpool.Pool, config: settings.Settings, box: vault.Vault
 ) -> bytes | None:
+    """The box's tailnet auth key in the vault (the default tenant's `tailscale auth-key`)."""
     try:
         return await vault.read_secret(
             conn,
@@ -340,7 +343,7 @@ async def stored_key(pool: dbpool.Pool, config: settings.Settings) -> bytes | No
         box = await vault.open_vault(pool, vault.configured_key(config))
     except (vault.VaultNotInitialisedError, vault.MasterKeyMissingError):
         return None
-    return await _stored_key(pool, config, box)
+    return await tailnet_key(pool, config, box)
 
 
 async def join(config: settings.Settings, key: bytes) -> tailscale.Status:

@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import Any, get_args
 
 from appliance import __version__, errors, launchd, models, settings
 from appliance.cli import agents as agent_commands
@@ -29,12 +29,7 @@ from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
 
-if TYPE_CHECKING:
-    from appliance import vault
-
 Handler = Callable[[argparse.Namespace, settings.Settings], Coroutine[Any, Any, int]]
-TAILNET_KEY_INTEGRATION = "tailscale"  # the vault scope of the tailnet auth key
-TAILNET_KEY_NAME = "auth-key"
 
 
 def _task_dict(task: models.Task) -> dict[str, Any]:
@@ -64,7 +59,9 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         )
         stored_key = None
         if args.tailnet_auth_key_file is None:
-            stored_key = await _stored_tailnet_key(config, db, box)
+            from appliance import provisioning
+
+            stored_key = await provisioning.tailnet_key(db.pool, config, box)
         where = f"embedded cluster in {db.cluster.data_dir}" if db.cluster else "configured server"
     tailnet = None
     if args.tailnet_auth_key_file is not None:
@@ -115,29 +112,6 @@ async def cmd_exposure_check(args: argparse.Namespace, config: settings.Settings
     if not result.passed:
         raise exposure.ExposureError(result.violations)
     return 0
-
-
-async def _stored_tailnet_key(
-    config: settings.Settings, db: connection.Database, box: vault.Vault
-) -> bytes | None:
-    """The tailnet auth key kept in the vault (`appliance secrets set tailscale auth-key`), if any.
-
-    It belongs to the box, so it lives in the default tenant's scope (the tenant `init` creates
-    for the box's owner), integration `tailscale`, workflow `*`, name `auth-key`.
-    """
-    from appliance import vault
-
-    try:
-        return await vault.read_secret(
-            db.pool,
-            box,
-            tenant_id=config.default_tenant,
-            integration=TAILNET_KEY_INTEGRATION,
-            workflow=vault.WILDCARD,
-            name=TAILNET_KEY_NAME,
-        )
-    except errors.NotFoundError:
-        return None
 
 
 async def _join_tailnet(config: settings.Settings, key_file: Path) -> dict[str, Any]:
