@@ -431,7 +431,12 @@ def stage(config: settings.Settings) -> tuple[Path, Plan] | None:
 
 class Provisioner:
     """The daemon's side: consume a file found at start, or wait for one while the box is not
-    on its tailnet; once a provisioned box's console is bound, announce its URL."""
+    on its tailnet; once a provisioned box's console is bound, announce its URL.
+
+    What it waits for is logged once (again only when it changes) and is the systemd status,
+    sent again at each look, so the console listener's own, older waiting line (tailscaled
+    is NeedsLogin) does not stay there instead.
+    """
 
     def __init__(
         self,
@@ -466,6 +471,8 @@ class Provisioner:
                         "there (README: First boot) or run `appliance provision FILE`",
                         event="provisioning.waiting",
                     )
+            if self._said:  # said again at each look: the console's own waiting line is older
+                self._notify(self._said)
             await asyncio.sleep(self._config.provisioning.poll_seconds)
         if looked == "consumed":
             await self._announce()

@@ -74,16 +74,25 @@ async def journal(machine: box.Box) -> str:
     return shown.stdout
 
 
+async def status_becomes(machine: box.Box, prefix: str) -> str:
+    """The unit's status once it starts with `prefix`; on timeout, the status and journal."""
+
+    async def shown() -> str | None:
+        text = await status_text(machine)
+        return text if text.startswith(prefix) else None
+
+    try:
+        return await installed.eventually(shown, what=f"a status {prefix!r}")
+    except AssertionError as exc:
+        said = f"{exc}; the status: {await status_text(machine)}\n{await journal(machine)}"
+        raise AssertionError(said) from None
+
+
 class TestFirstBootOfThePackage:
     async def test_a_fresh_box_waits_with_nothing_exposed(self, machine: box.Box) -> None:
-        """Active but not ready to anyone: the status says what it needs, nothing listens
-        outside loopback, the exposure check passes."""
-
-        async def waiting() -> str | None:
-            text = await status_text(machine)
-            return text if text.startswith("waiting to be provisioned") else None
-
-        text = await installed.eventually(waiting, what="the waiting status")
+        """Started, not ready: the status says what it needs, nothing listens outside
+        loopback, the exposure check passes."""
+        text = await status_becomes(machine, "waiting to be provisioned")
         assert f"{STICK.rsplit('/', 2)[0]}/*/appliance-provision.toml" in text
         assert "appliance provision FILE" in text
         checked = await installed.appliance(machine, "--json", "exposure-check", settings={})
@@ -101,11 +110,7 @@ class TestFirstBootOfThePackage:
         await machine.run("sh", "-c", f"cat > {STICK}", stdin=FILE.encode())
         await machine.run("systemctl", "restart", "--no-block", "appliance.service")
 
-        async def provisioned() -> str | None:
-            text = await status_text(machine)
-            return text if text.startswith("provisioned: the console is at") else None
-
-        text = await installed.eventually(provisioned, what="the provisioned status")
+        text = await status_becomes(machine, "provisioned: the console is at")
         url = re.fullmatch(
             r"provisioned: the console is at (http://\S+\.tail1fb5f0\.ts\.net:8470/)", text
         )

@@ -210,6 +210,8 @@ class TestFirstBoot:
             )
             assert first.count("provisioning.waiting") == 1
             assert first.count("daemon.ready") == 0
+            # the status is what it needs, not the console's own older waiting line
+            assert statuses(notify_socket)[-1].startswith("waiting to be provisioned")
             code, report = await box.exposure_check()
             assert code == 0, report
             assert report["listening"] == 0, report  # the daemon listens on nothing yet
@@ -242,8 +244,10 @@ class TestFirstBoot:
             assert await first.terminate() == 0
 
         said = statuses(notify_socket)
-        assert any(s.startswith("waiting to be provisioned") for s in said), said
-        assert f"provisioned: the console is at {url}" in said
+        assert said[-2:] == [
+            f"provisioned: the console is at {url}",
+            "stopping: draining running tasks",
+        ], said
         assert f"provisioned: the console is at {url}" in (tmp_path / "first.stdout").read_text()
         written = [*tmp_path.glob("*.log"), *tmp_path.glob("*.stdout"), *tmp_path.glob("*.jsonl")]
         assert KEY not in "".join(path.read_text() for path in written)
