@@ -36,11 +36,8 @@ login = "alice@example.com"
 id = "initech"
 name = "Initech"
 """
-# The test's settings: the stand-in's state file, the probes' workflows (for `installed`).
-SETTINGS = {
-    "FAKE_TAILSCALE_STATE_FILE": STATE,
-    "APPLIANCE_ENGINE__WORKFLOW_MODULES": json.dumps(["boxprobe"]),
-}
+# The test's setting: where the stand-in keeps its state (the console stays on the tailnet).
+SETTINGS = {"FAKE_TAILSCALE_STATE_FILE": STATE}
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
