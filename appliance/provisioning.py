@@ -2,7 +2,7 @@
 a first admin, unattended.
 
 Where a box looks (`candidates`), in this order: `<state_dir>/provision.toml` (where the
-packaged unit's start step, which runs as root, puts a file it found: `stage`), then every
+packaged box's root step, appliance-provision.service, puts a file it found: `stage`), then every
 pattern of `provisioning.paths` (/etc/appliance/provision.toml; appliance-provision.toml at the
 root of a volume mounted under /media or /Volumes). Two files found at once is a refusal: which
 one was meant is not ours to guess.
@@ -19,7 +19,7 @@ What consuming a file does (`provision`), in this order:
 3. shreds the file (`shred`): overwritten with zeros in place, flushed, removed;
 4. joins the tailnet through the `tailscale` CLI wrapper: `up` with the key in a private
    temporary file (never in argv, never logged), or `set` on a node that has joined already.
-   On the packaged box the unit's root step (`stage`) has joined before the daemon started
+   On the packaged box the root step (`stage`) has joined before the daemon started
    (tailscaled lets root make it join, not the service user), and this finds nothing to do.
 
 The console listener, waiting for the tailnet meanwhile, then binds the tailnet addresses and
@@ -395,7 +395,7 @@ def console_url(config: settings.Settings, status: tailscale.Status, port: int) 
     return f"http://{name}:{port}/"
 
 
-# ---- the packaged unit's start step ----------------------------------------------------------
+# ---- the packaged box's root step (appliance-provision.service) ---------------------------------
 
 
 def stage(config: settings.Settings) -> tuple[Path, Plan] | None:

@@ -299,7 +299,7 @@ class ProvisioningSettings(_Section):
         ),
         description="where a provisioning file is looked for, in order (shell patterns: the "
         "root of a volume mounted under /media, /media/<user>/<label> by udisks, or /Volumes on "
-        "macOS); <state_dir>/provision.toml, where the packaged unit's start step puts a file "
+        "macOS); <state_dir>/provision.toml, where the packaged box's root step puts a file "
         "it found, is looked at first",
     )
     poll_seconds: float = pydantic.Field(

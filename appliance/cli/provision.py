@@ -1,5 +1,5 @@
 """CLI command of first-boot provisioning: `appliance provision [FILE]` (appliance/provisioning.py
-does the work), and `--stage`, the packaged unit's start step, run as root.
+does the work), and `--stage`, the packaged box's root step (appliance-provision.service).
 
 By hand, it does what the daemon does with a file it finds: check it, record it (the auth key
 into the vault, tenants, the admin's roles), shred it, join the tailnet, and print the console's
@@ -85,9 +85,9 @@ def _file(given: Path | None, config: settings.Settings) -> Path:
 
 
 async def _stage(config: settings.Settings) -> int:
-    """The packaged unit's start step, as root: the file found handed to the daemon, and the
-    tailnet joined with its key. Always exit 0 (each problem said in one line), so the daemon
-    still starts and says what it waits for."""
+    """The packaged box's root step, before each start of the daemon: the file found handed to
+    the daemon, and the tailnet joined with its key. Always exit 0 (each problem said in one
+    line), so the daemon still starts and says what it waits for."""
     try:
         staged = provisioning.stage(config)
     except provisioning.ProvisioningFileError as exc:

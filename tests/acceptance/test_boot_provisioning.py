@@ -2,10 +2,10 @@
 (tests/support/box.py): the .deb installed with the tailscale stand-in as /usr/bin/tailscale
 (logged out) and the node's tailnet addresses on the box's loopback, the console on its
 default, the tailnet. The hardened daemon waits saying what it needs; a provisioning file on a
-"USB stick" under /media, which the sandboxed daemon cannot see, is taken by the unit's root
-start step and consumed by the daemon: joined, tenants and the admin's role there, the console
-on the tailnet after the exposure gate, its URL in the unit's status; restarted, it does
-nothing more."""
+"USB stick" under /media, which the sandboxed daemon cannot see, is taken by the root step
+(appliance-provision.service) and consumed by the daemon: joined, tenants and the admin's role
+there, the console on the tailnet after the exposure gate, its URL in the unit's status;
+restarted, it does nothing more."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The provisioning file: where a box looks, what a good and a bad file read as (one line, no
-value from the file), shredding in place, and the packaged unit's start step (staging)."""
+value from the file), shredding in place, and the packaged box's root step (staging)."""
 
 from __future__ import annotations
 
