@@ -517,7 +517,8 @@ class Provisioner:
             self._join_pending = False
             self._say(
                 f"cannot join the tailnet: {exc.message.splitlines()[0]}; the auth key is in "
-                "the vault: fix the cause, then `appliance init` joins with it",
+                "the vault: once the cause is fixed, `appliance init` joins with it (as root, "
+                "or as a user tailscaled accepts: `sudo tailscale set --operator=appliance`)",
                 event="provisioning.join_failed",
             )
             return

@@ -105,7 +105,8 @@ async def _stage(config: settings.Settings) -> int:
             "tries again as its own user, which needs `tailscale set --operator=appliance`)"
         )
         return 0
-    output.err(f"appliance: joined the tailnet as {status.dns_name} ({status.backend_state})")
+    name = status.dns_name or status.hostname
+    output.err(f"appliance: the tailnet: {status.backend_state} as {name}")
     return 0
 
 

@@ -290,7 +290,7 @@ class TestTheUnitsRootStep:
         assert result.code == 0, result.stderr
         assert result.stderr.splitlines() == [
             f"appliance: staged {source} for the daemon, and removed it",
-            "appliance: joined the tailnet as box-1.tail1fb5f0.ts.net (Running)",
+            "appliance: the tailnet: Running as box-1.tail1fb5f0.ts.net",
         ]
         assert (tmp_path / "state" / "provision.toml").read_text(encoding="utf-8") == FILE
         assert not source.exists()
