@@ -55,9 +55,11 @@ async def machine(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
         for address in TAILNET:
             await booted.on_its_network("ip", "addr", "add", address, "dev", "lo")
         await installed.configure(booted, SETTINGS)
+        # The root step's stand-in keeps the same state, readable by the daemon's (the unit's
+        # UMask=0077 would make the file it rewrites root's only; real tailscaled keeps its own).
         await booted.run("mkdir", "-p", str(Path(PROVISION_DROP_IN).parent))
-        # the root step's stand-in keeps the same state
-        await booted.run("cp", installed.DROP_IN, PROVISION_DROP_IN)
+        root_step = f"[Service]\nEnvironment='FAKE_TAILSCALE_STATE_FILE={STATE}'\nUMask=0022\n"
+        await booted.run("sh", "-c", f"cat > {PROVISION_DROP_IN}", stdin=root_step.encode())
         booted.put(deb, f"/root/{deb.name}")
         await booted.run("dpkg", "-i", f"/root/{deb.name}", timeout=600)
         yield booted
