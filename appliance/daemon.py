@@ -1,10 +1,10 @@
 """The composition root: the order in which the daemon's subsystems start.
 
 The console listener (health first: a console on an address outside the tailnet fails the boot
-before the database is touched) → pool and schema → database watch, secret rotation → node
-name → relay, approval sweep, worker → schedules → watched folders → the public webhook port
-and the exposure gate → ready once the console is bound (on the tailnet, which may come up
-later).
+before the database is touched) → pool and schema → first-boot provisioning (a file consumed,
+or a box that waits for one) → database watch, secret rotation → node name → relay, approval
+sweep, worker → schedules → watched folders → the public webhook port and the exposure gate →
+ready once the console is bound (on the tailnet, which may come up later).
 Each subsystem is an async context manager (`subsystems`), entered into one `AsyncExitStack`:
 whatever ends the daemon (SIGTERM or SIGINT, a subsystem failing, an error while starting),
 everything entered stops in reverse order. On a signal, readiness goes red, the webhook port
@@ -67,6 +67,7 @@ async def _run(config: settings.Settings, options: Options) -> int:
         await enter(exporter.reading(db.pool))
         if backend is not None:
             backend.attach(subsystems.console_services(config, db))
+        await enter(subsystems.provisioning_watch(lifetime, config, db, console, host))
         verifiers = await subsystems.verifiers(config, db)
         engine_health = worker.Health()
         await enter(subsystems.database_watch(lifetime, config, db, readiness, engine_health))

@@ -14,9 +14,10 @@ import os
 import pwd
 from typing import Literal
 
-from appliance import backup, errors, master_key, outgoing_webhooks, settings, vault
+from appliance import backup, errors, master_key, outgoing_webhooks, provisioning, settings, vault
 from appliance.db import audit as dbaudit
 from appliance.db import connection, embedded, migrations, tls
+from appliance.db import grants as dbgrants
 from appliance.db import outbox as dboutbox
 from appliance.db import outgoing_webhooks as dbwebhooks
 from appliance.db import pool as dbpool
@@ -51,6 +52,7 @@ async def run_checks(config: settings.Settings) -> list[Check]:
     checks.extend(_inline_signing_secrets(config))
     checks.append(_isolation(config))
     if config.mode != "worker":  # a VPC worker uses no tailnet, and its host is not the box's
+        checks.extend(_provisioning_file(config))
         if config.health.host == settings.TAILNET:
             checks.append(await _tailnet(config))
         checks.append(_exposure(config))
@@ -142,11 +144,64 @@ async def _tailnet(config: settings.Settings) -> Check:
             "tailnet",
             False,
             f"tailscaled is {status.backend_state}: the console waits for it",
-            "appliance init --tailnet-auth-key-file FILE (or keep the key in the vault: "
-            "appliance secrets set tailscale auth-key, then appliance init)",
+            _PROVISION_FIX,
         )
     addresses = ", ".join(str(ip) for ip in status.ips)
     return Check("tailnet", True, f"{status.dns_name or status.hostname} at {addresses}")
+
+
+_PROVISION_FIX = (
+    "appliance provision FILE (a provisioning file: provisioning/README.md), or drop it at "
+    "/etc/appliance/provision.toml and restart the daemon"
+)
+
+
+def _provisioning_file(config: settings.Settings) -> list[Check]:
+    """A provisioning file waiting to be consumed: whether it will be (nothing when none)."""
+    found = provisioning.candidates(config)
+    if not found:
+        return []
+    try:
+        path = provisioning.the_one(found)
+        plan = provisioning.read(path)
+    except provisioning.ProvisioningFileError as exc:
+        return [
+            Check(
+                "provisioning file",
+                False,
+                exc.message,
+                "correct it (provisioning/provision.example.toml shows every field), then "
+                "appliance provision FILE",
+            )
+        ]
+    return [
+        Check(
+            "provisioning file",
+            True,
+            f"{path} waits to be consumed (admin {plan.admin.login}, "
+            f"{len(plan.tenants)} tenant(s)): at the daemon's next start, or now with "
+            "appliance provision",
+        )
+    ]
+
+
+async def _console_people(config: settings.Settings, pool: dbpool.Pool) -> Check:
+    """Someone holds a console role: in the config, the tailnet policy or the database."""
+    stored = await dbgrants.list_all_console_grants(pool)
+    logins = {g.login for g in config.console.grants} | {g.login for g in stored}
+    if logins:
+        return Check("console people", True, f"roles for {', '.join(sorted(logins))}")
+    if config.console.capability:
+        return Check(
+            "console people", True, f"roles come from the capability {config.console.capability}"
+        )
+    return Check(
+        "console people",
+        False,
+        "nobody holds a console role: every person on the tailnet is refused",
+        "appliance provision FILE (its admin.login becomes admin of every tenant), or a "
+        "[[console.grants]] entry in the config file",
+    )
 
 
 def _exposure(config: settings.Settings) -> Check:
@@ -363,6 +418,8 @@ async def _database(config: settings.Settings) -> list[Check]:
                 )
             else:
                 checks.append(Check("audit chain", True, "verifies"))
+            if config.mode != "worker":
+                checks.append(await _console_people(config, db.pool))
             checks.append(await _outbox(db))
             checks.extend(await check_outgoing_webhooks(config, db.pool))
             checks.append(await check_vault(config, db.pool))

@@ -28,6 +28,8 @@ command a CLI ran, the sockets that failed the gate) live in that module, marked
     │   ├── ReadOnlyInputError          65  400  also a TypeError: a workflow changed its input
     │   ├── IdempotencyConflictError    65  409
     │   ├── backup.BackupIntegrityError 65       a backup file is damaged or not a backup
+    │   ├── provisioning.ProvisioningFileError 65  a provisioning file cannot be used (nothing
+    │   │                                        consumed)
     │   └── ingress.signatures.MalformedDeliveryError 65 400
     ├── NotFoundError                    1  404  the thing asked for does not exist
     ├── StateError                       1  409  the answer is no in the thing's current state

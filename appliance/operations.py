@@ -20,6 +20,7 @@ from appliance.console import services
 from appliance.db import agents as dbagents
 from appliance.db import audit as dbaudit
 from appliance.db import costs as dbcosts
+from appliance.db import grants as dbgrants
 from appliance.db import nodes as dbnodes
 from appliance.db import outbox as dboutbox
 from appliance.db import pool as dbpool
@@ -38,6 +39,7 @@ def build(pool: dbpool.Pool, config: settings.Settings) -> services.Services:
         workforce=Workforce(pool),
         events=Events(pool),
         details=details.build(pool, config),
+        grants=Grants(pool),
     )
 
 
@@ -467,4 +469,14 @@ class Events:
                 created_at=c.created_at,
             )
             for c in await dboutbox.list_events_after(self._pool, seq=seq, limit=limit)
+        ]
+
+
+class Grants:
+    def __init__(self, pool: dbpool.Pool) -> None:
+        self._pool = pool
+
+    async def roles_of(self, login: str) -> list[tuple[str, str]]:
+        return [
+            (g.tenant_id, g.role) for g in await dbgrants.list_console_grants(self._pool, login)
         ]

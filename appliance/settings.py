@@ -346,6 +346,31 @@ class ConsoleSettings(_Section):
     )
 
 
+PROVISIONING_FILE = "appliance-provision.toml"  # its name at the root of a USB stick
+
+
+class ProvisioningSettings(_Section):
+    """Where a fresh box looks for its provisioning file (README: First boot)."""
+
+    paths: tuple[str, ...] = pydantic.Field(
+        default=(
+            "/etc/appliance/provision.toml",
+            f"/media/*/{PROVISIONING_FILE}",
+            f"/media/*/*/{PROVISIONING_FILE}",
+            f"/Volumes/*/{PROVISIONING_FILE}",
+        ),
+        description="where a provisioning file is looked for, in order (shell patterns: the "
+        "root of a volume mounted under /media, /media/<user>/<label> by udisks, or /Volumes on "
+        "macOS); <state_dir>/provision.toml, where the packaged box's root step puts a file "
+        "it found, is looked at first",
+    )
+    poll_seconds: float = pydantic.Field(
+        default=5.0,
+        gt=0,
+        description="how often a box that is not on its tailnet looks for a provisioning file",
+    )
+
+
 class VaultSettings(_Section):
     source: Literal["file", "credential", "keyring"] = pydantic.Field(
         default="file",
@@ -725,6 +750,7 @@ class Settings(_Section):
     isolation: IsolationSettings = pydantic.Field(default_factory=IsolationSettings)
     approvals: ApprovalSettings = pydantic.Field(default_factory=ApprovalSettings)
     console: ConsoleSettings = pydantic.Field(default_factory=ConsoleSettings)
+    provisioning: ProvisioningSettings = pydantic.Field(default_factory=ProvisioningSettings)
     ingress: IngressSettings = pydantic.Field(default_factory=IngressSettings)
     backup: BackupSettings = pydantic.Field(default_factory=BackupSettings)
     watches: tuple[Watch, ...] = pydantic.Field(

@@ -35,6 +35,7 @@ from appliance import (
     operations,
     outbox,
     outgoing_webhooks,
+    provisioning,
     settings,
     systemd,
     vault,
@@ -178,6 +179,21 @@ async def _watch_secret_rotation(config: settings.Settings, db: connection.Datab
                 "overdue secrets not checked: %s", exc, extra={"event": "vault.overdue_unchecked"}
             )
         await asyncio.sleep(config.vault.overdue_check_seconds)
+
+
+def provisioning_watch(
+    lifetime: lifecycle.Lifetime,
+    config: settings.Settings,
+    db: connection.Database,
+    console: listeners.Console | None,
+    host: str | None,
+) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None] | None]:
+    """First boot (README: First boot): an edge box whose console waits for the tailnet
+    consumes a provisioning file, or says once that it waits for one; others have nothing."""
+    if console is None or host != settings.TAILNET or config.mode != "edge":
+        return contextlib.nullcontext()
+    watcher = provisioning.Provisioner(config, db.pool, console, notify=systemd.status)
+    return lifetime.background("provisioning", watcher.run())
 
 
 # ---- work ------------------------------------------------------------------------------------
@@ -339,7 +355,8 @@ def listener_app(
         health.add_routes(app, readiness)
         app.add_routes(metrics.routes(exporter))
         return app, None
-    access = identity.Access.of(config.console)
+    backend = console_web.Backend()
+    access = identity.Access.of(config.console, stored=backend)
     tcp: identity.Resolver
     if _is_loopback(host):
         tcp = identity.LoopbackOwner()
@@ -348,7 +365,6 @@ def listener_app(
             access, _mesh(config), cache_seconds=config.console.whois_cache_seconds
         )
     unix = identity.ServeHeaders(access) if config.console.serve_socket else None
-    backend = console_web.Backend()
     app = console_web.build(readiness, backend, console_web.Resolvers(tcp, unix))
     app.add_routes(metrics.routes(exporter))
     return app, backend

@@ -564,7 +564,7 @@ def _check_value(value: bytes) -> bytes:
 
 
 async def set_secret(
-    pool: dbpool.Pool,
+    pool: dbpool.Pool | dbpool.Connection,
     vault: Vault,
     *,
     tenant_id: str,
@@ -644,7 +644,7 @@ async def delete_secret(
 
 
 async def read_secret(
-    pool: dbpool.Pool,
+    pool: dbpool.Pool | dbpool.Connection,
     vault: Vault,
     *,
     tenant_id: str,

@@ -12,7 +12,9 @@ from appliance.db import pool as dbpool
 from appliance.db import tenants as dbtenants
 from tests.support import package, postgres, prepare
 
-PACKAGING = frozenset({"test_package.py", "test_boot.py", "test_upgrade.py"})
+PACKAGING = frozenset(
+    {"test_package.py", "test_boot.py", "test_boot_provisioning.py", "test_upgrade.py"}
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import Any, get_args
 
 from appliance import __version__, errors, launchd, models, settings
 from appliance.cli import agents as agent_commands
@@ -24,6 +24,7 @@ from appliance.cli import arguments, output, validation
 from appliance.cli import backup as backup_commands
 from appliance.cli import catalogue as catalogue_commands
 from appliance.cli import health as health_commands
+from appliance.cli import provision as provision_commands
 from appliance.cli import replay as replay_commands
 from appliance.cli import schedules as schedule_commands
 from appliance.db import audit as dbaudit
@@ -31,12 +32,7 @@ from appliance.db import connection, migrations
 from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
 
-if TYPE_CHECKING:
-    from appliance import vault
-
 Handler = Callable[[argparse.Namespace, settings.Settings], Coroutine[Any, Any, int]]
-TAILNET_KEY_INTEGRATION = "tailscale"  # the vault scope of the tailnet auth key
-TAILNET_KEY_NAME = "auth-key"
 
 
 def _task_dict(task: models.Task) -> dict[str, Any]:
@@ -66,7 +62,9 @@ async def cmd_init(args: argparse.Namespace, config: settings.Settings) -> int:
         )
         stored_key = None
         if args.tailnet_auth_key_file is None:
-            stored_key = await _stored_tailnet_key(config, db, box)
+            from appliance import provisioning
+
+            stored_key = await provisioning.tailnet_key(db.pool, config, box)
         where = f"embedded cluster in {db.cluster.data_dir}" if db.cluster else "configured server"
     tailnet = None
     if args.tailnet_auth_key_file is not None:
@@ -117,29 +115,6 @@ async def cmd_exposure_check(args: argparse.Namespace, config: settings.Settings
     if not result.passed:
         raise exposure.ExposureError(result.violations)
     return 0
-
-
-async def _stored_tailnet_key(
-    config: settings.Settings, db: connection.Database, box: vault.Vault
-) -> bytes | None:
-    """The tailnet auth key kept in the vault (`appliance secrets set tailscale auth-key`), if any.
-
-    It belongs to the box, so it lives in the default tenant's scope (the tenant `init` creates
-    for the box's owner), integration `tailscale`, workflow `*`, name `auth-key`.
-    """
-    from appliance import vault
-
-    try:
-        return await vault.read_secret(
-            db.pool,
-            box,
-            tenant_id=config.default_tenant,
-            integration=TAILNET_KEY_INTEGRATION,
-            workflow=vault.WILDCARD,
-            name=TAILNET_KEY_NAME,
-        )
-    except errors.NotFoundError:
-        return None
 
 
 async def _join_tailnet(config: settings.Settings, key_file: Path) -> dict[str, Any]:
@@ -589,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         backup_commands.add_commands,
         catalogue_commands.add_commands,
         schedule_commands.add_commands,
+        provision_commands.add_commands,
     ):
         add_commands(sub, add, _Parser)
     return parser

@@ -69,6 +69,10 @@ class Backend:
             raise errors.DependencyError("the console is starting: the database is not open yet")
         return self._services
 
+    async def roles_of(self, login: str) -> list[tuple[str, str]]:
+        """The roles granted to `login` in the database (identity.StoredGrants)."""
+        return await self.services.grants.roles_of(login)
+
 
 @dataclasses.dataclass(frozen=True)
 class Resolvers:
@@ -177,7 +181,10 @@ async def _identity(request: web.Request, handler: Handler) -> web.StreamRespons
             peer = (str(peername[0]), int(peername[1]))
     if resolver is None:
         raise web.HTTPForbidden(reason="this listener knows no one")
-    found = await resolver.resolve(peer, request.headers)
+    try:
+        found = await resolver.resolve(peer, request.headers)
+    except errors.DependencyError as exc:  # the database's grants cannot be read yet
+        raise web.HTTPServiceUnavailable(reason=exc.message.splitlines()[0]) from exc
     if isinstance(found, identity.Refusal):
         log.info(
             "console refused %s",

@@ -12,8 +12,9 @@ arrived, never on what the request says about itself:
   incoming copies first); a request without a login is a tagged device or Funnel.
 
 Roles per tenant: viewer < operator (submit, cancel, retry) < approver < admin, granted by
-`[[console.grants]]` and by the tailnet app capability `console.capability` (each grant's JSON
-names `tenants` and a `role`); the most permissive grant wins in each tenant. A tagged device,
+`[[console.grants]]`, by the tailnet app capability `console.capability` (each grant's JSON
+names `tenants` and a `role`) and in the database (`StoredGrants`: the first admin a
+provisioning file names); the most permissive grant wins in each tenant. A tagged device,
 or a person with no grant at all, is refused (403) with their login and the setting that would
 let them in.
 """
@@ -115,18 +116,28 @@ class Resolver(Protocol):
     ) -> Person | Refusal: ...
 
 
+class StoredGrants(Protocol):
+    """Roles granted in the database (the console's services, once the pool is open)."""
+
+    async def roles_of(self, login: str) -> list[tuple[str, str]]:
+        """(tenant, role) of each role granted to `login`; DependencyError while unknown."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Access:
-    """The grants of the config and of the tailnet app capability, turned into people."""
+    """The grants of the config, of the tailnet app capability and of the database, turned
+    into people."""
 
     grants: tuple[settings.ConsoleGrant, ...]
     capability: str
+    stored: StoredGrants | None = None
 
     @classmethod
-    def of(cls, config: settings.ConsoleSettings) -> Access:
-        return cls(config.grants, config.capability)
+    def of(cls, config: settings.ConsoleSettings, stored: StoredGrants | None = None) -> Access:
+        return cls(config.grants, config.capability, stored)
 
-    def person(
+    async def person(
         self,
         *,
         login: str,
@@ -140,6 +151,10 @@ class Access:
         everywhere: Role | None = None
         granted = [(g.tenants, Role.of(g.role)) for g in self.grants if g.login == login]
         granted.extend(self._capability_grants(capabilities))
+        if self.stored is not None:
+            granted.extend(
+                ((tenant,), Role.of(role)) for tenant, role in await self.stored.roles_of(login)
+            )
         for tenants, role in granted:
             for tenant in tenants:
                 if tenant == settings.EVERY_TENANT:
@@ -236,7 +251,7 @@ class TailnetWhois:
                 reason=f"{who.node_name} is a tagged device ({tags}); the console is for people",
                 remedy="open the console from a person's device",
             )
-        return self._access.person(
+        return await self._access.person(
             login=who.login_name,
             name=who.display_name,
             node=who.node_name,
@@ -271,7 +286,7 @@ class ServeHeaders:
                 reason="a tagged device or a Funnel request: tailscale serve names no person",
                 remedy="open the console from a person's device on the tailnet",
             )
-        return self._access.person(
+        return await self._access.person(
             login=login,
             name=_decoded(headers.get(NAME_HEADER, "")),
             node=headers.get(FORWARDED_FOR_HEADER, "").split(",")[0].strip() or "tailscale serve",

@@ -436,6 +436,15 @@ class Events(Protocol):
     async def after(self, seq: int, *, limit: int) -> list[Event]: ...
 
 
+# ---- roles granted in the database ---------------------------------------------------------------
+
+
+class Grants(Protocol):
+    async def roles_of(self, login: str) -> list[tuple[str, str]]:
+        """(tenant, role) of each role granted to `login` in the database (provisioning)."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Services:
     """Everything the console's web layer may call."""
@@ -447,3 +456,4 @@ class Services:
     workforce: Workforce
     events: Events
     details: details.Details  # what the pages show beyond the API (`details`)
+    grants: Grants

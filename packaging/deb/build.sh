@@ -88,6 +88,8 @@ done
 doc=$stage/usr/share/doc/appliance
 install -D -m 0644 "$HERE/copyright" "$doc/copyright"
 gzip -9n <"$ROOT/README.md" >"$doc/README.md.gz"
+gzip -9n <"$ROOT/provisioning/README.md" >"$doc/provisioning.md.gz"
+install -D -m 0644 "$ROOT/provisioning/provision.example.toml" "$doc/examples/provision.example.toml"
 printf 'appliance (%s) stable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
 	"$VERSION" "$VERSION" "$(sed -n 's/^Maintainer: //p' "$HERE/control")" \
 	"$(date -u -R -d "@$SOURCE_DATE_EPOCH")" | gzip -9n >"$doc/changelog.gz"

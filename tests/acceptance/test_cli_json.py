@@ -267,8 +267,9 @@ CASES: dict[tuple[str, ...], Case] = {
     ("schedules", "remove"): _on_a_schedule("remove"),
     ("schedules", "run-now"): _on_a_schedule("run-now"),
 }
-# Commands with a test of their own below (they need more than the world).
-SEPARATE = {("backup", "restore")}
+# Commands with a test of their own (they need more than the world): restore below; provision
+# with the tailscale stand-in in tests/integration/test_provisioning.py.
+SEPARATE = {("backup", "restore"), ("provision",)}
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -1,8 +1,9 @@
 """The README's configuration examples, read from the README itself: every TOML block loads as
-written (a plugin's `pyproject.toml` block is the example plugin's own), and the trigger
-examples run in a real daemon (an agent from the README's agent block
-answering, through the Messages API stand-in, a file dropped into the watched folder and a
-signed webhook delivery). The only change made to a block is the watched folder's path."""
+written (a config file, an agent, a provisioning file, or a plugin's `pyproject.toml`, which
+is the example plugin's own), and the trigger examples run in a real daemon (an agent from the
+README's agent block answering, through the Messages API stand-in, a file dropped into the
+watched folder and a signed webhook delivery). The only change made to a block is the watched
+folder's path."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from appliance import models, settings, vault
+from appliance import models, provisioning, settings, vault
 from appliance.agents import definitions, loop
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
@@ -58,11 +59,15 @@ def within(part: Any, whole: Any) -> bool:
     return bool(part == whole)
 
 
+def is_provisioning(text: str) -> bool:
+    data = tomllib.loads(text)
+    return "tailnet" in data and "admin" in data
+
+
 def block_with(key: str) -> str:
     """The one README block that has the top-level table `key`."""
-    [found] = [
-        b for b in blocks() if not is_agent(b) and not is_project(b) and key in tomllib.loads(b)
-    ]
+    configs = [b for b in blocks() if not (is_agent(b) or is_project(b) or is_provisioning(b))]
+    [found] = [b for b in configs if key in tomllib.loads(b)]
     return found
 
 
@@ -72,16 +77,18 @@ def workflows_named(config: settings.Settings) -> list[str]:
 
 class TestEveryBlockLoads:
     def test_there_are_blocks(self) -> None:
-        """The README has an agent block and the trigger blocks this test runs."""
+        """The README has an agent block, a provisioning file and the trigger blocks this test
+        runs."""
         assert any(is_agent(b) for b in blocks())
+        assert any(is_provisioning(b) for b in blocks())
         assert block_with("watches")
         assert block_with("ingress")
 
     @pytest.mark.parametrize("index", range(len(blocks())))
     def test_the_block_loads_as_written(self, index: int, tmp_path: Path) -> None:
-        """An agent block loads as an agent, a project block is part of the example plugin's;
-        any other block is a valid config file whose sources and watches start registered
-        workflows."""
+        """An agent block loads as an agent, a project block is part of the example plugin's, a
+        provisioning file reads as one; any other block is a valid config file whose sources and
+        watches start registered workflows."""
         text = blocks()[index]
         path = tmp_path / "example.toml"
         path.write_text(text, encoding="utf-8")
@@ -90,6 +97,9 @@ class TestEveryBlockLoads:
             return
         if is_project(text):
             assert within(tomllib.loads(text), tomllib.loads(EXAMPLE_PROJECT.read_text()))
+            return
+        if is_provisioning(text):
+            assert provisioning.read(path).admin.login
             return
         config = settings.load(path, environ={})
         for workflow in workflows_named(config):

@@ -27,6 +27,7 @@ from appliance import errors, models, settings, vault
 from appliance.agents import costs, definitions, documents
 from appliance.db import approvals as dbapprovals
 from appliance.db import audit as dbaudit
+from appliance.db import grants as dbgrants
 from appliance.db import ingress as dbingress
 from appliance.db import isolation as dbisolation
 from appliance.db import migrations, tenancy
@@ -192,6 +193,9 @@ async def seed(pool: dbpool.Pool, box: vault.Vault, tenant_id: str, folder: Path
         pool,
         endpoints=["ops"],
         event_seqs=[next(e.seq for e in events if e.tenant_id == tenant_id)],
+    )
+    await dbgrants.grant_console_role(
+        pool, login="alice@example.com", tenant_id=tenant_id, role="admin", actor="test"
     )
     return task_id
 

@@ -256,6 +256,24 @@ class Box:
             raise AssertionError(f"in the box: {' '.join(command)}: {result}")
         return result
 
+    async def on_its_network(self, *command: str) -> None:
+        """A command of the host run in the box's network namespace only (the box has no
+        iproute2: `ip addr add ...` to give its loopback a tailnet address)."""
+        process = await asyncio.create_subprocess_exec(
+            "nsenter",
+            f"--target={self._init}",
+            "--net",
+            "--",
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(COMMAND_SECONDS):
+            _, stderr = await process.communicate()
+        if process.returncode:
+            raise AssertionError(f"in the box's network: {' '.join(command)}: {stderr.decode()}")
+
     def put(self, source: Path, inside: str) -> None:
         """Copy a file of the host into the box's file system."""
         target = self.root / inside.lstrip("/")

@@ -108,6 +108,23 @@ class TestServiceContract:
         assert found["StateDirectory"] == ["appliance"]
         assert found["ConfigurationDirectory"] == ["appliance"]
 
+    def test_the_provisioning_step_runs_as_root_before_each_start(self) -> None:
+        """appliance.service wants appliance-provision.service and starts after it; the step
+        is a oneshot as root, with three capabilities, no network and a score under 2."""
+        found = directives(UNIT)
+        wanted = " ".join(found["Wants"]).split()
+        after = " ".join(found["After"]).split()
+        assert "appliance-provision.service" in wanted
+        assert "appliance-provision.service" in after
+        step = ROOT / "systemd" / "appliance-provision.service"
+        provision = directives(step)
+        assert provision["Type"] == ["oneshot"]
+        assert "User" not in provision
+        assert provision["ExecStart"][0].endswith("provision --stage")
+        assert provision["CapabilityBoundingSet"] == ["CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER"]
+        assert provision["PrivateNetwork"] == ["yes"]
+        assert exposure(step) < 2.0
+
     def test_the_timer_backs_up_nightly(self) -> None:
         """The timer fires daily and catches up a missed night."""
         found = directives(ROOT / "systemd" / "appliance-backup.timer")
