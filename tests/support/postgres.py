@@ -89,8 +89,9 @@ async def fresh_database(
             await admin.close()
 
 
-# Kept between tests: the record of migrations and the price list the migrations seed.
-KEPT = ("schema_migrations", "prices")
+# Kept between tests: the record of migrations and function files, and the price list the
+# migrations seed.
+KEPT = ("schema_migrations", "schema_functions", "prices")
 
 
 async def truncate(conn: dbpool.Connection) -> None:
