@@ -44,11 +44,15 @@ BEGIN
 END $$;
 
 -- A new task (queued), or the one the tenant submitted before under the same idempotency key
--- (created false).
+-- (created false). With p_notify false the caller wakes the workers itself once this has
+-- committed (a notification sent after it: appliance/engine/wakeups.py), so that concurrent
+-- submits do not queue behind one another for the lock Postgres takes to commit a NOTIFY.
+DROP FUNCTION IF EXISTS appliance.submit_task(text, text, json, integer, timestamptz, integer,
+                                              text, text, integer, text, integer);
 CREATE OR REPLACE FUNCTION appliance.submit_task(
     p_tenant text, p_workflow text, p_input json, p_priority integer, p_run_after timestamptz,
     p_max_attempts integer, p_idempotency_key text, p_concurrency_key text,
-    p_concurrency_limit integer, p_actor text, p_max_crashes integer
+    p_concurrency_limit integer, p_actor text, p_max_crashes integer, p_notify boolean DEFAULT true
 ) RETURNS TABLE (task_id bigint, created boolean, workflow text, input json)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -69,7 +73,9 @@ BEGIN
     PERFORM appliance.task_event(v_id, p_tenant, p_actor, 'task.submitted',
         jsonb_build_object('workflow', p_workflow, 'priority', p_priority,
                            'idempotency_key', p_idempotency_key));
-    PERFORM pg_notify('appliance_tasks', '');
+    IF p_notify THEN
+        PERFORM pg_notify('appliance_tasks', '');
+    END IF;
     RETURN QUERY SELECT v_id, true, p_workflow, p_input;
 END $$;
 

@@ -64,25 +64,16 @@ def step(position: int) -> models.PendingStep:
 
 
 async def run_task(pool: dbpool.Pool, *, steps: int) -> int:
-    """Submit, claim, checkpoint all but the last step, and finish a task with the last one."""
-    submitted, _, _ = await dbtasks.submit_task(
-        pool,
-        tenant_id="default",
-        workflow="w",
-        input_json="{}",
-        priority=0,
-        run_after=None,
-        max_attempts=3,
-        idempotency_key=None,
-        concurrency_key=None,
-        concurrency_limit=None,
-        actor="test",
-        max_crashes=50,
+    """Submit (as the numbered migrations' submit_task takes it), claim, checkpoint all but the
+    last step, and finish a task with the last one."""
+    submitted = await pool.fetchval(
+        "SELECT task_id FROM appliance.submit_task("
+        "'default', 'w', '{}'::json, 0, NULL, 3, NULL, NULL, NULL, 'test', 50)"
     )
     [claimed] = await dbtasks.claim_tasks(
         pool, worker=WORKER, node="n1", limit=1, lease_seconds=30, workflows=["w"], tenant_share=8
     )
-    assert claimed.task_id == submitted.task_id
+    assert claimed.task_id == submitted
     for position in range(steps - 1):
         cancel = await dbtasks.record_step(
             pool, task_id=claimed.task_id, worker=WORKER, attempt=1, step=step(position)

@@ -1,7 +1,11 @@
 -- name: submit_task
--- Insert a task (or find the one with the same idempotency key), with its audit entry and event.
+-- Insert a task (or find the one with the same idempotency key), with its audit entry and event; $12: notify the workers in this transaction.
 SELECT task_id, created, workflow, input
-  FROM appliance.submit_task($1, $2, $3::text::json, $4, $5, $6, $7, $8, $9, $10, $11);
+  FROM appliance.submit_task($1, $2, $3::text::json, $4, $5, $6, $7, $8, $9, $10, $11, $12);
+
+-- name: notify_workers
+-- Wake the workers: tasks committed before this may be ready (a commit that keeps nothing, so it does not wait for the WAL flush).
+SELECT set_config('synchronous_commit', 'off', true), pg_notify('appliance_tasks', '');
 
 -- name: claim_tasks
 -- Lease up to $3 ready tasks to worker $1 on node $2, with their earlier checkpoints.
