@@ -390,7 +390,7 @@ async def _database(config: settings.Settings) -> list[Check]:
             async with db.pool.acquire() as conn:
                 status = await migrations.status(conn)
             if not status.current:
-                pending = ", ".join(m.filename for m in status.pending)
+                pending = ", ".join(m.filename for m in status.to_apply)
                 return [*checks, Check("schema", False, f"pending: {pending}", "appliance migrate")]
             checks.append(Check("schema", True, f"{len(status.applied)} migration(s) applied"))
             tenants = {t.tenant_id for t in await dbtenants.list_tenants(db.pool)}

@@ -80,7 +80,7 @@ async def database(
                 await migrations.migrate(conn)
             status = await migrations.status(conn)
         if not status.current:
-            names = ", ".join(m.filename for m in status.pending)
+            names = ", ".join(m.filename for m in status.to_apply)
             raise errors.SchemaError(
                 f"the database lacks migrations {names}; run `appliance migrate` "
                 "(or start without --no-migrate)"

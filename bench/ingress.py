@@ -14,6 +14,12 @@ notifying transactions, WAL flush included. Last, `--idle` deliveries one at a t
 latency of a lone delivery. Each phase starts with a short warm-up that is not counted. The
 clients run in this process, on the same cores as the server and Postgres. The last line is one
 JSON object with every figure.
+
+Absolute rates move from machine to machine and with the machine's other load, so the run first
+measures a floor: the same deliveries, at the same concurrency, answered by a bare aiohttp
+handler that commits one row per request (`floor_per_s`) and nothing else (no signature, no
+task, no caps). The figure to compare across machines is `ratio_to_floor`: verified deliveries
+per second over the floor.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import statistics
 import sys
 import time
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -136,6 +144,31 @@ async def _phase(
         await intake.close()
 
 
+async def _floor(pool: dbpool.Pool, count: int, concurrency: int) -> tuple[float, list[float]]:
+    """The same deliveries answered 202 by a bare aiohttp handler once it committed the body
+    as one row: what serving and committing alone cost on this machine now."""
+    await pool.execute("CREATE TABLE bench_floor (id bigserial PRIMARY KEY, body bytea NOT NULL)")
+
+    async def handle(request: web.Request) -> web.Response:
+        await pool.execute("INSERT INTO bench_floor (body) VALUES ($1)", await request.read())
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/hooks/{tenant}/{source}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/hooks/default/bench"
+        await _drive(url, "floorwarm", WARMUP, concurrency)
+        return await _drive(url, "floor", count, concurrency)
+    finally:
+        await runner.cleanup()
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -154,6 +187,15 @@ async def main() -> None:
     async with postgres.server() as server, postgres.fresh_database(server, "ingress") as dsn:
         pool = await dbpool.create_pool(dsn, min_size=args.pool, max_size=args.pool)
         await dbtenants.create_tenant(pool, tenant_id="default", name="default", actor="bench")
+        elapsed, latencies = await _floor(pool, args.deliveries, args.concurrency)
+        floor = args.deliveries / elapsed
+        print(
+            f"floor: {floor:,.0f} rows/s committed by a bare aiohttp handler, "
+            f"p50 {_percentile(latencies, 0.5):.2f} ms, p99 {_percentile(latencies, 0.99):.2f} ms"
+        )
+        figures["floor_per_s"] = round(floor, 1)
+        figures["floor_p50_ms"] = round(_percentile(latencies, 0.5), 3)
+        figures["floor_p99_ms"] = round(_percentile(latencies, 0.99), 3)
         for label, verify, grouped, count, concurrency in runs:
             elapsed, latencies = await _phase(
                 pool,
@@ -179,6 +221,8 @@ async def main() -> None:
     expected = sum(count + WARMUP for *_, count, _ in runs)
     if tasks != expected or deliveries != expected:
         raise RuntimeError(f"{tasks} tasks, {deliveries} delivery rows; expected {expected}")
+    figures["ratio_to_floor"] = round(figures["verified_per_s"] / figures["floor_per_s"], 3)
+    print(f"verified / floor: {figures['ratio_to_floor']:.2f}")
     figures["p50_ms"] = figures["verified_p50_ms"]
     figures["p99_ms"] = figures["verified_p99_ms"]
     figures["tasks_committed"] = tasks

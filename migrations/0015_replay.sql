@@ -17,9 +17,6 @@
 -- its first step run again in `replay_from`, and the source's chain gets `task.replayed`.
 -- Whether the workflow's code still produces the reused steps is checked by the caller
 -- (appliance/engine/replay.py) before it calls this.
---
--- The record_step statement of appliance/db/sql/tasks.sql writes the same detail as
--- write_step below.
 
 ALTER TABLE appliance.tasks
     ADD COLUMN replay_of bigint REFERENCES appliance.tasks (task_id) ON DELETE SET NULL,
@@ -27,27 +24,8 @@ ALTER TABLE appliance.tasks
 
 CREATE INDEX tasks_replay_of ON appliance.tasks (replay_of) WHERE replay_of IS NOT NULL;
 
--- As in 0001, except that the audit entry carries the step's result and the event does not.
-CREATE OR REPLACE FUNCTION appliance.write_step(
-    p_task bigint, p_tenant text, p_worker text, p_attempt integer, p_position integer,
-    p_name text, p_output json, p_started_at timestamptz, p_duration_ms double precision,
-    p_error json
-) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    v_action text := CASE WHEN p_error IS NULL THEN 'step.completed' ELSE 'step.failed' END;
-    v_detail jsonb := jsonb_build_object('step', p_name, 'position', p_position,
-                                         'attempt', p_attempt,
-                                         'duration_ms', round(p_duration_ms::numeric, 3));
-BEGIN
-    INSERT INTO appliance.steps (task_id, position, tenant_id, name, output, error, attempt,
-                                 started_at, duration_ms)
-    VALUES (p_task, p_position, p_tenant, p_name, p_output, p_error, p_attempt, p_started_at,
-            p_duration_ms);
-    PERFORM appliance.audit_append('task:' || p_task, p_tenant, p_task, p_worker, v_action,
-        v_detail || jsonb_build_object('output', p_output::text, 'error', p_error::text));
-    INSERT INTO appliance.outbox_events (tenant_id, task_id, type, payload)
-    VALUES (p_tenant, p_task, v_action, v_detail || jsonb_build_object('task_id', p_task));
-END $$;
+-- Step audit entries carry the step's result from here on: write_step, in
+-- migrations/functions/engine.sql.
 
 -- The new task's id, or NULL when the source does not exist.
 CREATE FUNCTION appliance.replay_task(

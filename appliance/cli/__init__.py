@@ -158,7 +158,7 @@ async def cmd_migrate(args: argparse.Namespace, config: settings.Settings) -> in
         db.pool.acquire() as conn,
     ):
         if args.print_sql:
-            pending = (await migrations.status(conn)).pending
+            pending = (await migrations.status(conn)).to_apply
             if args.json:
                 output.emit_json(
                     [{"file": m.filename, "sha256": m.checksum, "sql": m.text} for m in pending]

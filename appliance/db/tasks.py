@@ -42,8 +42,10 @@ async def submit_task(
     concurrency_limit: int | None,
     actor: str,
     max_crashes: int,
+    notify: bool = True,
 ) -> tuple[models.Submitted, str, Any]:
-    """Insert a task; returns it with the workflow and input it was (first) submitted with."""
+    """Insert a task; returns it with the workflow and input it was (first) submitted with.
+    Without `notify`, the caller wakes the workers once it committed (`notify_workers`)."""
     with pool.translated():
         row = await conn.fetchrow(
             _Q["submit_task"],
@@ -58,10 +60,17 @@ async def submit_task(
             concurrency_limit,
             actor,
             max_crashes,
+            notify,
         )
     if row is None:
         raise errors.EngineError("submit_task returned no row")
     return models.Submitted(row["task_id"], row["created"]), row["workflow"], row["input"]
+
+
+async def notify_workers(conn: pool.Connection | pool.Pool) -> None:
+    """Wake the workers (a notification of its own transaction)."""
+    with pool.translated():
+        await conn.execute(_Q["notify_workers"])
 
 
 async def claim_tasks(

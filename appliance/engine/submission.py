@@ -1,4 +1,5 @@
-"""Submitting tasks: validation against the registry, idempotency, concurrency keys."""
+"""Submitting tasks: validation against the registry, idempotency, concurrency keys, and the
+workers woken once the task is committed (wakeups.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from appliance import errors, models, settings
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
-from appliance.engine import context, registry
+from appliance.engine import context, registry, wakeups
 
 
 async def submit(
@@ -33,20 +34,22 @@ async def submit(
     if max_attempts is not None and max_attempts < 1:
         raise errors.InputError(f"max_attempts must be at least 1, not {max_attempts}")
     integration = known.integration
-    submitted, first_workflow, first_input = await dbtasks.submit_task(
-        pool,
-        tenant_id=tenant_id,
-        workflow=workflow,
-        input_json=input_json,
-        priority=priority,
-        run_after=run_after,
-        max_attempts=attempts,
-        idempotency_key=idempotency_key,
-        concurrency_key=f"integration:{integration}" if integration else None,
-        concurrency_limit=config.integration_limits.get(integration) if integration else None,
-        actor=actor,
-        max_crashes=config.max_crashes,
-    )
+    async with wakeups.submitting(pool) as notify:
+        submitted, first_workflow, first_input = await dbtasks.submit_task(
+            pool,
+            tenant_id=tenant_id,
+            workflow=workflow,
+            input_json=input_json,
+            priority=priority,
+            run_after=run_after,
+            max_attempts=attempts,
+            idempotency_key=idempotency_key,
+            concurrency_key=f"integration:{integration}" if integration else None,
+            concurrency_limit=config.integration_limits.get(integration) if integration else None,
+            actor=actor,
+            max_crashes=config.max_crashes,
+            notify=notify,
+        )
     if not submitted.created and (
         first_workflow != workflow or first_input != json.loads(input_json)
     ):

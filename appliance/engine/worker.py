@@ -1,11 +1,13 @@
 """The worker: claims tasks, runs their workflows, checkpoints steps, keeps leases alive.
 
 Wake-ups come by LISTEN/NOTIFY; a slow poll is only a safety net. Each finished task claims
-its successor in the same commit. A heartbeat extends the leases of the tasks being run and
-requeues those whose lease expired elsewhere (never within a lease of an outage of Postgres,
-so every worker renews first). A worker holds its node name (`nodes`) for as long as it runs;
-holding it, it first takes back the tasks left running under that name by a process that is
-gone. An attempt lost with its worker is not charged against the task's max_attempts.
+its successor in the same commit. A claim that cannot find a task is not made (claims.py):
+after a claim came back short, the next one waits for a notification or a due time. A
+heartbeat extends the leases of the tasks being run and requeues those whose lease expired
+elsewhere (never within a lease of an outage of Postgres, so every worker renews first). A
+worker holds its node name (`nodes`) for as long as it runs; holding it, it first takes back
+the tasks left running under that name by a process that is gone. An attempt lost with its
+worker is not charged against the task's max_attempts.
 
 A workflow's failure is retried with backoff up to max_attempts, unless the error is
 `permanent` (errors.py: bad input, an unknown agent or tool, a missing input key, a changed
@@ -26,7 +28,7 @@ from typing import Any
 from appliance import errors, metrics, models, settings
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
-from appliance.engine import backoff, context, inputs, nodes, registry
+from appliance.engine import backoff, claims, context, inputs, nodes, registry
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class Worker:
         self._misses = 0  # times Postgres was out of reach (the sweep reports new ones)
         self._misses_reported = 0
         self._listener: dbpool.Connection | None = None
+        self._gate = claims.ClaimGate()
         self.started = asyncio.Event()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -178,19 +181,32 @@ class Worker:
             if self.health.ok and self._node is not None and self._node.held:
                 await self._ensure_listener()
                 await self._release_abandoned()
-                claimed = await self._claim(self._config.concurrency - len(self._slots))
-                for task in claimed:
-                    self._start_slot(task)
+                if self._may_claim():
+                    claimed = await self._claim(self._config.concurrency - len(self._slots))
+                    for task in claimed:
+                        self._start_slot(task)
+            else:
+                self._gate.forget()
             timeout = await self._idle_timeout()
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+            except TimeoutError:
+                self._gate.forget()  # the safety-net poll, or a delayed task's time
+
+    def _may_claim(self) -> bool:
+        """Whether a claim may find a task (always, while no notification can arrive)."""
+        if self._listener is None or self._listener.is_closed():
+            self._gate.forget()
+        return self._gate.open()
 
     async def _claim(self, free: int) -> list[models.ClaimedTask]:
         if free <= 0 or not self._names:
             return []
+        ticket = self._gate.asking(free)
+        claimed: list[models.ClaimedTask] | None = None
         try:
-            return await dbtasks.claim_tasks(
+            claimed = await dbtasks.claim_tasks(
                 self._pool,
                 worker=self.worker_id,
                 node=self.node,
@@ -206,6 +222,16 @@ class Worker:
         except errors.ApplianceError as exc:
             log.error("claim failed: %s", exc, extra={"event": "engine.claim_failed"})
             return []
+        finally:
+            self._answered(ticket, free, claimed)
+        return claimed
+
+    def _answered(self, ticket: int, asked: int, claimed: list[models.ClaimedTask] | None) -> None:
+        """Tell the gate what a claim found (None: it failed, so nothing is known)."""
+        if self._gate.claimed(ticket, asked=asked, got=len(claimed or ())):
+            self._wake.set()  # a claim held back for this one: the loop looks again
+        if claimed is None:
+            self._gate.forget()
 
     async def _idle_timeout(self) -> float:
         """Sleep until the safety-net poll or the next delayed task, whichever is sooner."""
@@ -214,10 +240,14 @@ class Worker:
             return min(timeout, self._node.beat_seconds)  # claim again once it is held
         if not self.health.ok or len(self._slots) >= self._config.concurrency:
             return timeout
-        try:
-            due = await dbtasks.next_due_at(self._pool, workflows=self._names)
-        except errors.ApplianceError:
-            return timeout
+        known, due = self._gate.due(dt.datetime.now(dt.UTC))
+        if not known:
+            ticket = self._gate.ticket()
+            try:
+                due = await dbtasks.next_due_at(self._pool, workflows=self._names)
+            except errors.ApplianceError:
+                return timeout
+            self._gate.due_found(ticket, due)
         if due is not None:
             wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
             timeout = max(0.0, min(timeout, wait + 0.001))
@@ -231,8 +261,10 @@ class Worker:
             await self._listener.add_listener(CHANNEL, self._notified)
         except errors.ApplianceError:
             self._listener = None
+        self._gate.forget()  # what was notified before it listened is not known
 
     def _notified(self, *_: object) -> None:
+        self._gate.notified()
         self._wake.set()
 
     async def _close_listener(self) -> None:
@@ -429,9 +461,12 @@ class Worker:
         failed: bool = False,
     ) -> models.ClaimedTask | None:
         holding = self._node is None or self._node.held
-        take = 1 if claim and not self._draining and self.health.ok and holding else 0
+        ready = claim and not self._draining and self.health.ok and holding
+        take = 1 if ready and self._may_claim() else 0
         self._running.pop(task.task_id, None)  # ending: no longer the heartbeat's to renew
         step = ctx.unwritten(failed)
+        ticket = self._gate.asking(take)
+        claimed: list[models.ClaimedTask] | None = None
         try:
             claimed = await dbtasks.finish_task(
                 self._pool,
@@ -456,6 +491,8 @@ class Worker:
             self._misses += 1
             self._abandoned.add(task.task_id)
             return None
+        finally:
+            self._answered(ticket, take, claimed)
         ctx.written()
         if step is not None:
             _observe(task, step)

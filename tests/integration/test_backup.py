@@ -459,7 +459,8 @@ class TestRestore:
     async def test_an_older_backup_is_migrated_forward(
         self, made: Made, new_database: NewDatabase, tmp_path: Path
     ) -> None:
-        """A backup of an older schema is restored, then each missing migration runs once."""
+        """A backup of an older schema is restored, then each missing migration runs once, and
+        the function files its schema did not have."""
         dsn = await new_database()
         older = tmp_path / "older-migrations"
         older.mkdir()
@@ -483,7 +484,10 @@ class TestRestore:
         assert older_backup.manifest.schema_version == shipped[-3].version
         target = await restore_target(new_database, tmp_path / "b", key_of(made.source))
         restored = await backup.restore(target.config, older_backup.path)
-        assert restored.migrations_applied == tuple(m.filename for m in shipped[-2:])
+        assert restored.migrations_applied == (
+            *(m.filename for m in shipped[-2:]),
+            *(f.filename for f in migrations.function_files()),
+        )
         pool = await dbpool.create_pool(target.dsn, min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn:

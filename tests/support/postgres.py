@@ -61,8 +61,11 @@ async def server() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(server_dsn: str, prefix: str = "appliance_test") -> AsyncIterator[str]:
-    """Create `<prefix>_<uuid>`, migrate it with the real runner, drop it WITH (FORCE)."""
+async def fresh_database(
+    server_dsn: str, prefix: str = "appliance_test", *, migrated: bool = True
+) -> AsyncIterator[str]:
+    """Create `<prefix>_<uuid>`, migrate it with the real runner (unless not `migrated`),
+    drop it WITH (FORCE)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(server_dsn)
     try:
@@ -70,11 +73,12 @@ async def fresh_database(server_dsn: str, prefix: str = "appliance_test") -> Asy
     finally:
         await admin.close()
     dsn = with_database(server_dsn, name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
+    if migrated:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
     try:
         yield dsn
     finally:
@@ -85,8 +89,9 @@ async def fresh_database(server_dsn: str, prefix: str = "appliance_test") -> Asy
             await admin.close()
 
 
-# Kept between tests: the record of migrations and the price list the migrations seed.
-KEPT = ("schema_migrations", "prices")
+# Kept between tests: the record of migrations and function files, and the price list the
+# migrations seed.
+KEPT = ("schema_migrations", "schema_functions", "prices")
 
 
 async def truncate(conn: dbpool.Connection) -> None:

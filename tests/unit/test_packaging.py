@@ -41,6 +41,13 @@ class TestWheel:
         for path in REPO_MIGRATIONS:
             assert wheel.read(f"appliance/migrations/{path.name}") == path.read_bytes()
 
+    def test_it_carries_the_function_files(self, wheel: zipfile.ZipFile) -> None:
+        """Every file of migrations/functions/ is package data, byte for byte."""
+        files = sorted((ROOT / "migrations" / "functions").glob("*.sql"))
+        assert files
+        for path in files:
+            assert wheel.read(f"appliance/migrations/functions/{path.name}") == path.read_bytes()
+
     def test_it_carries_the_first_migration(self, wheel: zipfile.ZipFile) -> None:
         """appliance/migrations/0001_core.sql is in the wheel."""
         assert "appliance/migrations/0001_core.sql" in wheel.namelist()

@@ -1,7 +1,11 @@
 -- name: submit_task
--- Insert a task (or find the one with the same idempotency key), with its audit entry and event.
+-- Insert a task (or find the one with the same idempotency key), with its audit entry and event; $12: notify the workers in this transaction.
 SELECT task_id, created, workflow, input
-  FROM appliance.submit_task($1, $2, $3::text::json, $4, $5, $6, $7, $8, $9, $10, $11);
+  FROM appliance.submit_task($1, $2, $3::text::json, $4, $5, $6, $7, $8, $9, $10, $11, $12);
+
+-- name: notify_workers
+-- Wake the workers: tasks committed before this may be ready (a commit that keeps nothing, so it does not wait for the WAL flush).
+SELECT set_config('synchronous_commit', 'off', true), pg_notify('appliance_tasks', '');
 
 -- name: claim_tasks
 -- Lease up to $3 ready tasks to worker $1 on node $2, with their earlier checkpoints.
@@ -9,42 +13,8 @@ SELECT task_id, tenant_id, workflow, input, attempts, max_attempts, checkpoints
   FROM appliance.claim_tasks($1, $2, $3, $4, $5, $6);
 
 -- name: record_step
--- One step in one statement: lease check, checkpoint (or handled failure), audit entry (with the result, verbatim), outbox event (without it); returns whether a cancel was requested (no row: the lease is lost).
-WITH lease AS (
-    SELECT t.tenant_id, t.cancel_requested_by IS NOT NULL AS cancel_requested
-      FROM appliance.tasks t
-     WHERE t.task_id = $1 AND t.lease_owner = $2 AND t.attempts = $3 AND t.state = 'running'
-), head AS (
-    SELECT a.seq, a.hash FROM appliance.audit_entries a
-     WHERE a.chain = 'task:' || $1 ORDER BY a.seq DESC LIMIT 1
-), step AS (
-    INSERT INTO appliance.steps
-        (task_id, position, tenant_id, name, output, error, attempt, started_at, duration_ms)
-    SELECT $1, $4, l.tenant_id, $5, $6::text::json, $9::text::json, $3, $7, $8 FROM lease l
-    RETURNING tenant_id
-), entry AS (
-    SELECT s.tenant_id, coalesce(h.seq, 0) + 1 AS seq,
-           coalesce(h.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS prev_hash,
-           jsonb_build_object('step', $5::text, 'position', $4::integer, 'attempt', $3::integer,
-                              'duration_ms', round($8::numeric, 3)) AS detail,
-           jsonb_build_object('output', $6::text, 'error', $9::text) AS result,
-           clock_timestamp() AS created_at,
-           CASE WHEN $9::text IS NULL THEN 'step.completed' ELSE 'step.failed' END AS action
-      FROM step s LEFT JOIN head h ON true
-), audit AS (
-    INSERT INTO appliance.audit_entries
-        (chain, seq, tenant_id, task_id, actor, action, detail, created_at, prev_hash, hash)
-    SELECT 'task:' || $1, e.seq, e.tenant_id, $1, $2, e.action, e.detail || e.result,
-           e.created_at, e.prev_hash,
-           appliance.audit_hash(e.prev_hash, 'task:' || $1, e.seq, e.tenant_id, $1, $2,
-                                e.action, e.detail || e.result, e.created_at)
-      FROM entry e
-), event AS (
-    INSERT INTO appliance.outbox_events (tenant_id, task_id, type, payload)
-    SELECT e.tenant_id, $1, e.action, e.detail || jsonb_build_object('task_id', $1::bigint)
-      FROM entry e
-)
-SELECT cancel_requested FROM lease;
+-- One step: lease check, checkpoint (or handled failure), audit entry (with the result, verbatim), outbox event (without it); whether a cancel was requested (NULL: the lease is lost).
+SELECT appliance.record_step($1, $2, $3, $4, $5, $6::text::json, $7, $8, $9::text::json);
 
 -- name: finish_task
 -- End an attempt (with its pending checkpoint) and claim the next tasks in the same commit.
