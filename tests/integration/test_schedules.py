@@ -162,8 +162,9 @@ class TestExactlyOnce:
                         victim = application.removeprefix("scheduler-")
                         await db.execute("SELECT pg_terminate_backend($1)", pid)
                         await engine.wait_until(partial(gone, db, pid), what="its session ended")
-                        async with asyncio.timeout(30):  # the process goes too
-                            await running.pop(victim).aclose()
+                    # the process goes too (once the lock is gone: its pool may be queued on it)
+                    async with asyncio.timeout(30):
+                        await running.pop(victim).aclose()
                     clock.advance(1)  # the survivors' next look
                 else:
                     left = int((end - clock.now()).total_seconds())
