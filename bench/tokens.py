@@ -4,7 +4,7 @@
 
 Corpus: 41 modules of this interpreter's standard library (code and docstrings), ingested with
 `add_documents` into one collection: split into passages, each passage's views embedded with
-all-MiniLM-L6-v2 (run in numpy, `appliance.agents.embedding`) and stored in Postgres. Questions:
+all-MiniLM-L6-v2 (run in numpy, `appliance.retrieval.embedding`) and stored in Postgres. Questions:
 `bench/questions.py`, each with the definition that answers it, in a developer's words rather
 than the docstring's. Model: the local Messages API stand-in (`tests/support/messages_api.py`:
 prefix caching, per-model minimums, deterministic token counts), reached through the real SDK;
@@ -14,7 +14,7 @@ published table seeded by the migrations (`costs.price_of`).
 (b) the appliance: each question is an `agent.run` task run by a Worker, one after another
     (steady traffic, warm cache): surgical retrieval within a token budget (BM25 in SQL and
     similarity of meaning to the passages' vectors, merged one-in-four / three-in-four,
-    `appliance.agents.retrieval`), the stable prefix (preamble and persona) marked for caching.
+    `appliance.retrieval.search`), the stable prefix (preamble and persona) marked for caching.
     Cost per task from the ledger.
 (a) naive: the same persona and question, with the whole text of the 3 files that rank best
     for the question (the product's retrieval ranking over passages, expanded to their files),
@@ -55,12 +55,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance import settings  # noqa: E402
-from appliance.agents import client, costs, definitions, documents, loop, prompt, retrieval  # noqa: E402
+from appliance.agents import client, costs, definitions, loop, prompt  # noqa: E402
 from appliance.db import documents as dbdocuments  # noqa: E402
 from appliance.db import pool as dbpool  # noqa: E402
 from appliance.db import tasks as dbtasks  # noqa: E402
 from appliance.db import tenants as dbtenants  # noqa: E402
 from appliance.engine import registry, submission, worker  # noqa: E402
+from appliance.retrieval import documents, search  # noqa: E402
 from bench.questions import QUESTIONS, Question  # noqa: E402
 from tests.support import messages_api, postgres  # noqa: E402
 
@@ -500,7 +501,7 @@ async def run_appliance(
         steps = {step.name: step.output for step in await dbtasks.list_steps(pool, task_id)}
         passages: list[dict[str, Any]] = steps["retrieve"]
         hits.append(any(holds_answer(p, location) for p in passages))
-        context_estimate.append(sum(retrieval.cost_of(retrieval.Passage(**p)) for p in passages))
+        context_estimate.append(sum(search.cost_of(search.Passage(**p)) for p in passages))
         blocks = request.body["messages"][0]["content"]
         context_tokens.append(messages_api.tokens_of(blocks[0]) if len(blocks) > 1 else 0)
     chosen = [rows[task_id] for task_id in task_ids]
@@ -532,7 +533,7 @@ class NaiveRun:
 
 async def top_files(pool: dbpool.Pool, query: str, count: int) -> list[str]:
     """The `count` files whose passages rank best for `query` (the product's retrieval)."""
-    found = await retrieval.retrieve(
+    found = await search.retrieve(
         pool,
         tenant_id=TENANT,
         collections=[COLLECTION],
@@ -550,7 +551,7 @@ async def retrieval_latency(
     seconds = []
     for question in questions:
         started = time.perf_counter()
-        await retrieval.retrieve(
+        await search.retrieve(
             pool,
             tenant_id=TENANT,
             collections=[COLLECTION],

@@ -31,10 +31,11 @@ from typing import Any
 import pydantic
 
 from appliance import errors, settings
-from appliance.agents import actions, client, costs, definitions, prompt, retrieval, tools
+from appliance.agents import actions, client, costs, definitions, prompt, tools
 from appliance.db import agents as dbagents
 from appliance.db import pool as dbpool
 from appliance.engine import context, registry
+from appliance.retrieval import search
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Runtime:
         settings_ = definitions.Retrieval.model_validate(spec["retrieval"])
         if not settings_.collections:
             return []
-        found = await retrieval.retrieve(
+        found = await search.retrieve(
             self.pool,
             tenant_id=tenant_id,
             collections=list(settings_.collections),
@@ -190,7 +191,7 @@ def _runtime(ctx: context.TaskContext) -> Runtime:
 def _first_message(text: str, passages: list[dict[str, Any]]) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = []
     if passages:
-        blocks.append({"type": "text", "text": retrieval.render_context(passages)})
+        blocks.append({"type": "text", "text": search.render_context(passages)})
     blocks.append({"type": "text", "text": text})
     return {"role": "user", "content": blocks}
 

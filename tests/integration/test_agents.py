@@ -12,11 +12,12 @@ import pytest
 import pytest_asyncio
 
 from appliance import models, settings
-from appliance.agents import client, costs, definitions, documents, loop
+from appliance.agents import client, costs, definitions, loop
 from appliance.db import audit as dbaudit
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.engine import registry
+from appliance.retrieval import documents
 from tests.support import engine as support
 from tests.support import isolation, messages_api, workflows
 from tests.support import tools as support_tools

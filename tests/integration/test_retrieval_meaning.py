@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.agents import documents, embedding, retrieval
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
+from appliance.retrieval import documents, embedding, search
 
 # Three short notes that share no word with the questions asked of them below.
 HOUSE = {
@@ -72,8 +72,8 @@ async def ask(
     tenant_id: str = "default",
     model_dir: Path | None = None,
     top_k: int = 5,
-) -> list[retrieval.Passage]:
-    return await retrieval.retrieve(
+) -> list[search.Passage]:
+    return await search.retrieve(
         db,
         tenant_id=tenant_id,
         collections=("house",),
@@ -90,9 +90,9 @@ async def by_words(db: dbpool.Pool, query: str) -> list[str]:
         db,
         tenant_id="default",
         collections=["house"],
-        query=retrieval.search_query(query),
-        k1=retrieval.K1,
-        b=retrieval.B,
+        query=search.search_query(query),
+        k1=search.K1,
+        b=search.B,
         max_tokens=4000,
         limit=10,
     )
@@ -293,18 +293,18 @@ class TestMerge:
 
     def test_the_words_best_comes_first_then_three_of_the_meanings(self) -> None:
         """One slot in four goes to the words' ranking, the first one included."""
-        assert retrieval.merge([1, 2, 3], [10, 11, 12, 13, 14, 15, 16]) == [
+        assert search.merge([1, 2, 3], [10, 11, 12, 13, 14, 15, 16]) == [
             1, 10, 11, 12, 2, 13, 14, 15, 3, 16,
         ]  # fmt: skip
 
     def test_a_passage_in_both_rankings_is_taken_once(self) -> None:
         """A passage found both ways appears once, at its first turn."""
-        assert retrieval.merge([1, 2], [2, 3, 1, 4]) == [1, 2, 3, 4]
+        assert search.merge([1, 2], [2, 3, 1, 4]) == [1, 2, 3, 4]
 
     def test_when_one_ranking_runs_out_the_other_continues(self) -> None:
         """Without meaning candidates the words' order is kept, and the other way round."""
-        assert retrieval.merge([3, 1, 2], []) == [3, 1, 2]
-        assert retrieval.merge([], [3, 1, 2]) == [3, 1, 2]
+        assert search.merge([3, 1, 2], []) == [3, 1, 2]
+        assert search.merge([], [3, 1, 2]) == [3, 1, 2]
 
     def test_a_private_passage_counts_less_and_a_far_one_not_at_all(self) -> None:
         """The private penalty reorders near ties; below the floor a passage is left out."""
@@ -318,4 +318,4 @@ class TestMerge:
 
         rows = [stored(1, 0.62, True), stored(2, 0.60, False), stored(3, 0.10, False)]
 
-        assert retrieval.nearest(rows, question, 10) == [2, 1]
+        assert search.nearest(rows, question, 10) == [2, 1]

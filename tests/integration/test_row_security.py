@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from appliance import errors, models, vault
-from appliance.agents import costs, definitions, documents
+from appliance.agents import costs, definitions
 from appliance.db import approvals as dbapprovals
 from appliance.db import audit as dbaudit
 from appliance.db import ingress as dbingress
@@ -35,6 +35,7 @@ from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
 from appliance.engine import context, registry, submission
+from appliance.retrieval import documents
 from tests.support import engine, postgres
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agents import documents
 from appliance.db import documents as dbdocuments
+from appliance.retrieval import documents
 
 WORDS = (
     "appliance", "tenant", "worker", "queue", "lease", "audit", "ledger", "budget", "policy",

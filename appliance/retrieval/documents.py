@@ -22,7 +22,7 @@ its atoms cut where a definition or a section starts, then into runs of at most 
 each led by the file's folder and name. A passage counts by its best view: one vector of the
 whole passage (which the model cuts at 256 word pieces; most code passages are longer) ranked
 the answers of bench/tokens.py worse.
-Ingestion (`add_documents`) embeds them (`appliance.agents.embedding`) in the thread that reads
+Ingestion (`add_documents`) embeds them (`appliance.retrieval.embedding`) in the thread that reads
 and splits the file.
 
 Token estimate (`count_tokens`): every run of word characters and every other non-space
@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Literal
 
 from appliance import errors
-from appliance.agents import embedding
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
+from appliance.retrieval import embedding
 
 log = logging.getLogger(__name__)
 

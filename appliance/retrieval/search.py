@@ -5,7 +5,7 @@
 - by words: BM25 computed in SQL (`search_passages` of `appliance/db/sql/documents.sql`) over
   the passages that hold any word of the question (OR semantics: not all are required);
 - by meaning: the question embedded with the model that embedded the passages
-  (`appliance.agents.embedding`), against each passage's stored vectors (one per view: its
+  (`appliance.retrieval.embedding`), against each passage's stored vectors (one per view: its
   text cut at definitions or sections and into pieces of ~100 tokens); a passage counts by its
   best view, less `PRIVATE_PENALTY` when every definition that starts in it is private, and
   not at all below `MIN_SIMILARITY`.
@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from appliance.agents import documents, embedding
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
+from appliance.retrieval import documents, embedding
 
 K1 = 1.2
 B = 0.75
