@@ -5,12 +5,17 @@ tokens, each with its title and its place in the file (1-based line range, chara
 into the decoded text). Only a file shorter than `MIN_TOKENS` as a whole gives a shorter
 passage. How a file is cut depends on its kind (by extension, `FORMATS`):
 
-- Markdown and reStructuredText: at headings, then at paragraphs; the heading path
-  (`Install > Linux`) is the title of the passages under it. Fenced code stays together.
+- Markdown, reStructuredText and HTML (read as text without its markup, Markdown-shaped:
+  `formats.html_text`; its passages cite the lines of that text): at headings, then at
+  paragraphs; the heading path (`Install > Linux`) is the title of the passages under it.
+  Fenced code stays together.
 - Python: at top-level `def`/`class` (with their decorators and the comments right above
   them), then at methods, then at blank lines; a definition's signature and docstring are
   kept with each other. The title is the definition (`class JSONDecoder > def decode`).
-- Plain text and other source files: at blank lines; the title is the file's name.
+- Plain text: at headings underlined (or over- and underlined) as in reStructuredText, which
+  is how plain-text manuals mark them, then at paragraphs; without headings the title is the
+  file's name.
+- Other source files: at blank lines; the title is the file's name.
 
 Each kind marks its cut points, each with a cost (a heading or a top-level definition is a
 bonus, a paragraph cheap, a sentence or a line dearer, between words dearest); a paragraph
@@ -50,7 +55,7 @@ from typing import Literal
 from appliance import errors
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
-from appliance.retrieval import embedding
+from appliance.retrieval import embedding, formats
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +69,20 @@ VIEW_TOKENS = 100
 MAX_FILE_BYTES = 2_000_000
 COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
-Format = Literal["markdown", "rst", "text", "python", "code"]
+Format = Literal["markdown", "rst", "html", "text", "python", "code"]
 FORMATS: dict[str, Format] = {
     ".md": "markdown",
     ".markdown": "markdown",
     ".rst": "rst",
+    ".html": "html",
+    ".htm": "html",
     ".txt": "text",
     ".text": "text",
     ".py": "python",
     ".pyi": "python",
     **dict.fromkeys(
         (
-            ".c", ".cc", ".cfg", ".cpp", ".cs", ".css", ".go", ".h", ".hpp", ".html", ".ini",
+            ".c", ".cc", ".cfg", ".cpp", ".cs", ".css", ".go", ".h", ".hpp", ".ini",
             ".java", ".js", ".json", ".jsx", ".kt", ".lua", ".php", ".pl", ".rb", ".rs",
             ".scss", ".sh", ".sql", ".swift", ".toml", ".ts", ".tsx", ".xml", ".yaml", ".yml",
         ),
@@ -381,9 +388,9 @@ def _blocks(
     text: str, lines: Sequence[_Line], name: str, kind: Format
 ) -> tuple[list[_Block], frozenset[int]]:
     """The paragraphs of a file, and the lines that should stay with the line before them."""
-    if kind == "markdown":
+    if kind in ("markdown", "html"):
         return _markdown_blocks(text, lines, name)
-    if kind == "rst":
+    if kind in ("rst", "text"):
         return _rst_blocks(text, lines, name)
     if kind == "python":
         return _python_blocks(text, lines, name)
@@ -664,6 +671,13 @@ def split(text: str, *, name: str, kind: Format, folder: str = "") -> list[dbdoc
     return passages
 
 
+def readable(text: str, kind: Format) -> str:
+    """A file's decoded text as it is split: without a byte-order mark, and an HTML page as
+    its text (`formats.html_text`)."""
+    text = text.removeprefix("\ufeff")
+    return formats.html_text(text) if kind == "html" else text
+
+
 def kind_of(path: Path) -> Format | None:
     """The kind of file by its extension, or None when it is not ingested."""
     return FORMATS.get(path.suffix.lower())
@@ -759,9 +773,7 @@ def _read(path: Path, known_sha256: str | None, encoder: embedding.Encoder | Non
     kind = kind_of(path)
     if kind is None:
         return "not a text, Markdown or source file"
-    passages = split(
-        text.removeprefix("\ufeff"), name=path.name, kind=kind, folder=path.parent.name
-    )
+    passages = split(readable(text, kind), name=path.name, kind=kind, folder=path.parent.name)
     if encoder is not None:
         passages = _with_vectors(passages, encoder)
     return _Read(sha256, passages)
