@@ -87,7 +87,9 @@ class _Text(html.parser.HTMLParser):
         if self._pre and tag != "pre":
             return
         if tag == "pre" and self._pre:
-            self.lines.extend("".join(self._line).rstrip("\n").split("\n"))
+            # A newline right after <pre> is not content (HTML's parsing rules).
+            content = "".join(self._line).removeprefix("\n").rstrip("\n")
+            self.lines.extend(content.split("\n"))
             self._line = []
             self.lines.extend(["```", ""])
             self._pre -= 1

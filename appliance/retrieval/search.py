@@ -33,11 +33,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
-from appliance.retrieval import documents, embedding
+from appliance.retrieval import documents, embedding, vectors
 
 K1 = 1.2
 B = 0.75
@@ -49,10 +47,6 @@ TITLE_B = 0.5
 # not fit the budget, and for a passage ranked low by one side to be lifted by the other.
 CANDIDATES_PER_PASSAGE = 4
 EXTRA_CANDIDATES = 16
-# One slot in this many goes to the words' ranking, the others to the meaning's (measured on
-# bench/tokens.py's 130 questions and the tests' handbook and json questions: reciprocal rank
-# fusion either lost the exact matches of the latter or the paraphrases of the former).
-LEXICAL_EVERY = 4
 # Cosine similarity taken off a passage whose definitions are all private (`_helper`): the
 # public function that uses a helper is what a question is usually about.
 PRIVATE_PENALTY = 0.05
@@ -62,6 +56,22 @@ PRIVATE_PENALTY = 0.05
 MIN_SIMILARITY = 0.15
 
 _WORD = re.compile(r"\w")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fusion:
+    """How the ranking by words and the ranking by meaning are merged (`fuse`): reciprocal
+    rank fusion with constant `k` and a weight per side."""
+
+    k: float = 10.0
+    words: float = 2.0
+    meaning: float = 5.0
+    # The words' best passages that go first whatever the meaning says: a question that names
+    # what it wants (a file, an identifier, a rare word) gets its exact match.
+    words_first: int = 1
+
+
+FUSION = Fusion()
 
 Passage = dbdocuments.Passage
 
@@ -75,15 +85,19 @@ async def retrieve(
     top_k: int,
     token_budget: int,
     model_dir: Path | None = None,
+    words_only: bool = False,
+    fusion: Fusion = FUSION,
 ) -> list[Passage]:
     """The best `top_k` passages for `query` whose blocks fit in `token_budget`, best first.
 
-    `model_dir` names the embedding model's folder (default: the installed package's).
+    `model_dir` names the embedding model's folder (default: the installed package's);
+    `words_only` ranks by BM25 alone, as without the model (for comparison); `fusion` says
+    how the two rankings are merged.
     """
     if top_k < 1 or token_budget < 1 or not collections or not _WORD.search(query):
         return []
     limit = top_k * CANDIDATES_PER_PASSAGE + EXTRA_CANDIDATES
-    encoder = await asyncio.to_thread(embedding.load, model_dir)
+    encoder = None if words_only else await asyncio.to_thread(embedding.load, model_dir)
     # The question is embedded first, in a thread: overlapping it with the queries was slower
     # on 2 cores (the encoder's BLAS threads and the decoding of the vectors contend).
     question = None if encoder is None else (await asyncio.to_thread(encoder.encode, [query]))[0]
@@ -103,14 +117,16 @@ async def retrieve(
     if question is None:
         lexical = await lexical_search
     else:
-        lexical, stored = await asyncio.gather(
+        lexical, index = await asyncio.gather(
             lexical_search,
-            dbdocuments.list_passage_vectors(
+            vectors.indexes.get(
                 db, tenant_id=tenant_id, collections=collections, model=embedding.MODEL
             ),
         )
-        semantic = nearest(stored, question, limit)
-    order = merge(list(lexical), semantic)
+        semantic = index.nearest(
+            question, limit, private_penalty=PRIVATE_PENALTY, min_similarity=MIN_SIMILARITY
+        )
+    order = fuse(list(lexical), semantic, fusion)
     missing = [passage_id for passage_id in order if passage_id not in lexical]
     found = dict(lexical)
     if missing:
@@ -131,41 +147,28 @@ async def retrieve(
     return chosen
 
 
-def nearest(
-    stored: Sequence[dbdocuments.Vectors], question: embedding.Vectors, limit: int
-) -> list[int]:
-    """The ids of the `limit` passages whose best view is nearest `question`, nearest first
-    (a few milliseconds for a thousand passages, so it runs in the event loop)."""
-    if not stored:
-        return []
-    matrix = embedding.unpack(b"".join(row.vectors for row in stored))
-    counts = [len(row.vectors) // (4 * embedding.DIMENSIONS) for row in stored]
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    best = np.maximum.reduceat(matrix @ question, starts)
-    best -= PRIVATE_PENALTY * np.array([row.private for row in stored], dtype=np.float32)
-    order = np.argsort(-best, kind="stable")[:limit]
-    return [stored[index].passage_id for index in order if best[index] >= MIN_SIMILARITY]
+async def collection_passages(
+    db: dbpool.Pool, *, tenant_id: str, collections: Sequence[str]
+) -> list[Passage]:
+    """Every passage of the collections, in document order: the context of an agent whose
+    whole collection goes in its cached prompt."""
+    return await dbdocuments.list_collection_passages(
+        db, tenant_id=tenant_id, collections=collections
+    )
 
 
-def merge(lexical: Sequence[int], semantic: Sequence[int]) -> list[int]:
-    """Two rankings of passage ids in turn, one of `lexical` then `LEXICAL_EVERY` - 1 of
-    `semantic`, each id once; when one runs out, the rest of the other."""
-    rankings = (lexical, semantic)
-    positions = [0, 0]
-    merged: list[int] = []
-    taken: set[int] = set()
-    slot = 0
-    while positions[0] < len(lexical) or positions[1] < len(semantic):
-        side = 0 if slot % LEXICAL_EVERY == 0 else 1
-        if positions[side] == len(rankings[side]):
-            side = 1 - side
-        passage_id = rankings[side][positions[side]]
-        positions[side] += 1
-        if passage_id not in taken:
-            taken.add(passage_id)
-            merged.append(passage_id)
-            slot += 1
-    return merged
+def fuse(lexical: Sequence[int], semantic: Sequence[int], fusion: Fusion = FUSION) -> list[int]:
+    """Two rankings of passage ids as one: the words' first `fusion.words_first`, then the
+    others by weighted reciprocal rank fusion: a passage scores `fusion.words / (fusion.k +
+    its rank by words)` plus the same by meaning, each id once, best first; ties go to the
+    one ranked first by words, then by meaning."""
+    scores: dict[int, float] = {}
+    for weight, ranking in ((fusion.words, lexical), (fusion.meaning, semantic)):
+        for rank, passage_id in enumerate(ranking, start=1):
+            scores[passage_id] = scores.get(passage_id, 0.0) + weight / (fusion.k + rank)
+    first = list(lexical[: fusion.words_first])
+    rest = sorted(scores.keys() - set(first), key=lambda passage_id: -scores[passage_id])
+    return first + rest
 
 
 def search_query(query: str) -> str:

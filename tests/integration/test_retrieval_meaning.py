@@ -11,7 +11,7 @@ import pytest
 
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
-from appliance.retrieval import documents, embedding, search
+from appliance.retrieval import documents, embedding, search, vectors
 
 # Three short notes that share no word with the questions asked of them below.
 HOUSE = {
@@ -288,23 +288,64 @@ class TestWithoutTheModel:
         assert (await ask(db, CROCKERY))[0].source == source
 
 
-class TestMerge:
-    """How the two rankings become one (pure functions of `retrieval`)."""
+@pytest.mark.asyncio(loop_scope="session")
+class TestIndexes:
+    async def test_a_second_question_reads_no_vectors(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """The collection's vectors are read once and kept while it does not change."""
+        await ingest(db, list(house(tmp_path).values()))
+        before = vectors.indexes.loads
 
-    def test_the_words_best_comes_first_then_three_of_the_meanings(self) -> None:
-        """One slot in four goes to the words' ranking, the first one included."""
-        assert search.merge([1, 2, 3], [10, 11, 12, 13, 14, 15, 16]) == [
-            1, 10, 11, 12, 2, 13, 14, 15, 3, 16,
-        ]  # fmt: skip
+        await ask(db, CROCKERY)
+        await ask(db, BIKE)
+
+        assert vectors.indexes.loads == before + 1
+
+    async def test_a_changed_collection_is_read_again(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """A document stored anew changes the collection's version: its new vectors are used."""
+        paths = house(tmp_path)
+        await ingest(db, list(paths.values()))
+        await ask(db, CROCKERY)
+        before = vectors.indexes.loads
+        write(
+            tmp_path / "house",
+            "garden.md",
+            "# Garden\n\nThe hens lay their eggs in the "
+            "wooden coop behind the shed; collect them at noon.\n",
+        )
+        await ingest(db, [paths["garden.md"]])
+
+        found = await ask(db, "Where do the chickens nest?", top_k=1)
+
+        assert vectors.indexes.loads == before + 1
+        assert "hens" in found[0].text
+
+
+class TestFuse:
+    """How the two rankings become one (pure functions of `search`)."""
+
+    def test_a_passage_ranked_well_both_ways_comes_first(self) -> None:
+        """Found by both sides, a passage outranks the best of either side alone."""
+        assert search.fuse([1, 2, 3], [3, 4, 5])[0] == 3
 
     def test_a_passage_in_both_rankings_is_taken_once(self) -> None:
-        """A passage found both ways appears once, at its first turn."""
-        assert search.merge([1, 2], [2, 3, 1, 4]) == [1, 2, 3, 4]
+        """Each passage appears once, whichever sides found it."""
+        assert sorted(search.fuse([1, 2], [2, 3, 1, 4])) == [1, 2, 3, 4]
 
-    def test_when_one_ranking_runs_out_the_other_continues(self) -> None:
+    def test_when_one_ranking_is_empty_the_other_order_is_kept(self) -> None:
         """Without meaning candidates the words' order is kept, and the other way round."""
-        assert search.merge([3, 1, 2], []) == [3, 1, 2]
-        assert search.merge([], [3, 1, 2]) == [3, 1, 2]
+        assert search.fuse([3, 1, 2], []) == [3, 1, 2]
+        assert search.fuse([], [3, 1, 2]) == [3, 1, 2]
+
+    def test_the_heavier_side_wins_a_tie_of_ranks(self) -> None:
+        """Two passages first on one side each: the weight decides which comes first."""
+        words = search.Fusion(k=20, words=2, meaning=1)
+        meaning = search.Fusion(k=20, words=1, meaning=2)
+        assert search.fuse([1], [2], words) == [1, 2]
+        assert search.fuse([1], [2], meaning) == [2, 1]
 
     def test_a_private_passage_counts_less_and_a_far_one_not_at_all(self) -> None:
         """The private penalty reorders near ties; below the floor a passage is left out."""
@@ -318,4 +359,10 @@ class TestMerge:
 
         rows = [stored(1, 0.62, True), stored(2, 0.60, False), stored(3, 0.10, False)]
 
-        assert search.nearest(rows, question, 10) == [2, 1]
+        index = vectors.Index.build(rows)
+        assert index.nearest(
+            question,
+            10,
+            private_penalty=search.PRIVATE_PENALTY,
+            min_similarity=search.MIN_SIMILARITY,
+        ) == [2, 1]
