@@ -73,7 +73,7 @@ def take(size: int) -> list[Path]:
     chosen: list[Path] = []
     total = 0
     for path in source_files():
-        if any(part.startswith(".") or part == "__pycache__" for part in path.parts):
+        if "__pycache__" in path.parts:
             continue
         try:
             text = path.read_text(encoding="utf-8")

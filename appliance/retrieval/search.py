@@ -5,21 +5,24 @@
 - by words: BM25 computed in SQL (`search_passages` of `appliance/db/sql/documents.sql`) over
   the passages that hold any word of the question (OR semantics: not all are required);
 - by meaning: the question embedded with the model that embedded the passages
-  (`appliance.retrieval.embedding`), against each passage's stored vectors (one per view: its
-  text cut at definitions or sections and into pieces of ~100 tokens); a passage counts by its
-  best view, less `PRIVATE_PENALTY` when every definition that starts in it is private, and
-  not at all below `MIN_SIMILARITY`.
-  The vectors are fetched and ranked in numpy (no pgvector; see migration 0008).
+  (`appliance.retrieval.embedding`), against each passage's stored vectors (one per view: a
+  piece of its text led by where it sits, `documents.context_line`), kept in the process as
+  one matrix per collection (`appliance.retrieval.vectors`); a passage counts by its best
+  view, less `PRIVATE_PENALTY` when every definition that starts in it is private, and not at
+  all below `MIN_SIMILARITY`.
 
-The rankings are merged in turn (`merge`): the words' best passage first, then the meaning's
-next `LEXICAL_EVERY` - 1, and so on, skipping a passage already taken. So a question that names
-what it wants (an identifier, a rare word) gets its exact match first, and one in other words
-than the text's gets most of the context from the meaning side. Without the embedding model (a
-warning says so, `embedding.load`), or for passages stored without vectors, the ranking is by
-words alone.
+The rankings are fused (`fuse`, `FUSION`): the words' best passage first, so a question that
+names what it wants (a file, an identifier, a rare word) gets its exact match, then the others
+by weighted reciprocal rank fusion, which keeps a passage ranked high by either side. The
+weights favour the meaning (2 to 5, k 10), chosen on bench/tokens.py's first set: its
+questions are in other words than the code's; a one-in-four split of slots, shipped before,
+dropped answers the words had ranked 8th to 14th on new material. Without the embedding model
+(a warning says so, `embedding.load`), or for passages stored without vectors, the ranking is
+by words alone.
 
-Then the best ones are kept greedily: in merged order, a passage that would overflow the budget
-is skipped and the next one tried, until `top_k` are kept. What a passage costs is the token
+Then the best ones are kept greedily: in merged order, a passage that would overflow the budget,
+or that nearly repeats one already kept (`DUPLICATE_OVERLAP`), is skipped and the next one
+tried, until `top_k` are kept. What a passage costs is the token
 estimate of its rendered block (the `[source: …]` line and its text), so `render_context` of
 the result never exceeds the budget.
 """
@@ -56,6 +59,11 @@ PRIVATE_PENALTY = 0.05
 MIN_SIMILARITY = 0.15
 
 _WORD = re.compile(r"\w")
+_WORDS = re.compile(r"\w+")
+_SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Z])")
+# A passage whose words overlap this much with one already chosen is left out: the budget
+# buys something new instead.
+DUPLICATE_OVERLAP = 0.9
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,40 +106,52 @@ async def retrieve(
         return []
     limit = top_k * CANDIDATES_PER_PASSAGE + EXTRA_CANDIDATES
     encoder = None if words_only else await asyncio.to_thread(embedding.load, model_dir)
-    # The question is embedded first, in a thread: overlapping it with the queries was slower
-    # on 2 cores (the encoder's BLAS threads and the decoding of the vectors contend).
-    question = None if encoder is None else (await asyncio.to_thread(encoder.encode, [query]))[0]
-    lexical_search = dbdocuments.search_passages(
-        db,
-        tenant_id=tenant_id,
-        collections=collections,
-        query=search_query(query),
-        k1=K1,
-        b=B,
-        max_tokens=token_budget,
-        limit=limit,
-        title_weight=TITLE_WEIGHT,
-        title_b=TITLE_B,
+    # BM25 runs in Postgres and the index is read (or found current) while the question is
+    # embedded in a thread: the two overlap on 2 cores now that no vectors are decoded.
+    lexical_search = asyncio.ensure_future(
+        dbdocuments.search_passages(
+            db,
+            tenant_id=tenant_id,
+            collections=collections,
+            query=search_query(query),
+            k1=K1,
+            b=B,
+            max_tokens=token_budget,
+            limit=limit,
+            title_weight=TITLE_WEIGHT,
+            title_b=TITLE_B,
+        )
     )
     semantic: list[int] = []
-    if question is None:
+    try:
+        if encoder is not None:
+            index_read = asyncio.ensure_future(
+                vectors.indexes.get(
+                    db, tenant_id=tenant_id, collections=collections, model=embedding.MODEL
+                )
+            )
+            try:
+                question = await asyncio.to_thread(encoder.encode, query_texts(query))
+                index = await index_read
+            finally:
+                if not index_read.done():
+                    index_read.cancel()
+                    await asyncio.wait([index_read])
+            semantic = index.nearest(
+                question, limit, private_penalty=PRIVATE_PENALTY, min_similarity=MIN_SIMILARITY
+            )
         lexical = await lexical_search
-    else:
-        lexical, index = await asyncio.gather(
-            lexical_search,
-            vectors.indexes.get(
-                db, tenant_id=tenant_id, collections=collections, model=embedding.MODEL
-            ),
-        )
-        semantic = index.nearest(
-            question, limit, private_penalty=PRIVATE_PENALTY, min_similarity=MIN_SIMILARITY
-        )
+    finally:
+        if not lexical_search.done():
+            lexical_search.cancel()
+            await asyncio.wait([lexical_search])
     order = fuse(list(lexical), semantic, fusion)
     missing = [passage_id for passage_id in order if passage_id not in lexical]
     found = dict(lexical)
     if missing:
         found.update(await dbdocuments.get_passages(db, tenant_id=tenant_id, passage_ids=missing))
     chosen: list[Passage] = []
+    words: list[frozenset[str]] = []
     spent = 0
     for rank, passage_id in enumerate(order, start=1):
         passage = found.get(passage_id)
@@ -140,11 +160,21 @@ async def retrieve(
         cost = cost_of(passage)
         if spent + cost > token_budget:
             continue
+        these = frozenset(_WORDS.findall(passage.text.lower()))
+        if any(_similar(these, other) for other in words):
+            continue
         chosen.append(dataclasses.replace(passage, score=1.0 / rank))
+        words.append(these)
         spent += cost
         if len(chosen) == top_k:
             break
     return chosen
+
+
+def _similar(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Whether two passages say nearly the same thing: their words overlap by at least
+    `DUPLICATE_OVERLAP` (Jaccard), as a manual's callback and promise versions of one method."""
+    return bool(a) and len(a & b) >= DUPLICATE_OVERLAP * len(a | b)
 
 
 async def collection_passages(
@@ -169,6 +199,14 @@ def fuse(lexical: Sequence[int], semantic: Sequence[int], fusion: Fusion = FUSIO
     first = list(lexical[: fusion.words_first])
     rest = sorted(scores.keys() - set(first), key=lambda passage_id: -scores[passage_id])
     return first + rest
+
+
+def query_texts(query: str) -> list[str]:
+    """What the question is embedded as: whole, and each of its sentences when it has several
+    (a question of two facts, or a sentence of context before the question proper), so a
+    passage close to any of them ranks by that."""
+    sentences = [s for s in _SENTENCE.split(query.strip()) if _WORD.search(s)]
+    return [query, *sentences] if len(sentences) > 1 else [query]
 
 
 def search_query(query: str) -> str:

@@ -63,11 +63,15 @@ class Index:
         private_penalty: float,
         min_similarity: float,
     ) -> list[int]:
-        """The ids of the `limit` passages whose best view is nearest `question`, nearest
-        first (a few milliseconds for thousands of passages, so it runs in the event loop)."""
+        """The ids of the `limit` passages whose best view is nearest `question` (one vector,
+        or several: then a view counts by the nearest of them), nearest first (a few
+        milliseconds for thousands of passages, so it runs in the event loop)."""
         if not len(self.passage_ids):
             return []
-        best = np.maximum.reduceat(self.matrix @ question, self.starts)
+        similarity = self.matrix @ question.T
+        if similarity.ndim == 2:  # several question vectors: each passage by the nearest one
+            similarity = similarity.max(axis=1)
+        best = np.maximum.reduceat(similarity, self.starts)
         best -= private_penalty * self.private
         if limit < len(best):
             top = np.argpartition(-best, limit)[:limit]

@@ -327,9 +327,14 @@ class TestIndexes:
 class TestFuse:
     """How the two rankings become one (pure functions of `search`)."""
 
+    def test_the_words_best_comes_first(self) -> None:
+        """The exact match of the words leads, whatever the meaning ranks first."""
+        assert search.fuse([1, 2, 3], [3, 4, 5])[:2] == [1, 3]
+
     def test_a_passage_ranked_well_both_ways_comes_first(self) -> None:
         """Found by both sides, a passage outranks the best of either side alone."""
-        assert search.fuse([1, 2, 3], [3, 4, 5])[0] == 3
+        fusion = search.Fusion(words_first=0)
+        assert search.fuse([1, 2, 3], [3, 4, 5], fusion)[0] == 3
 
     def test_a_passage_in_both_rankings_is_taken_once(self) -> None:
         """Each passage appears once, whichever sides found it."""
@@ -342,10 +347,37 @@ class TestFuse:
 
     def test_the_heavier_side_wins_a_tie_of_ranks(self) -> None:
         """Two passages first on one side each: the weight decides which comes first."""
-        words = search.Fusion(k=20, words=2, meaning=1)
-        meaning = search.Fusion(k=20, words=1, meaning=2)
+        words = search.Fusion(k=20, words=2, meaning=1, words_first=0)
+        meaning = search.Fusion(k=20, words=1, meaning=2, words_first=0)
         assert search.fuse([1], [2], words) == [1, 2]
         assert search.fuse([1], [2], meaning) == [2, 1]
+
+    def test_a_question_of_several_sentences_is_embedded_whole_and_by_sentence(self) -> None:
+        """Each sentence of a two-part question gets a vector of its own, beside the whole."""
+        two = "I run a program with a time limit. Which error tells me it ran over?"
+
+        assert search.query_texts(two) == [
+            two,
+            "I run a program with a time limit.",
+            "Which error tells me it ran over?",
+        ]
+        assert search.query_texts("What is json.dumps for?") == ["What is json.dumps for?"]
+
+    def test_a_passage_counts_by_the_nearest_of_several_question_vectors(self) -> None:
+        """With several question vectors, a passage near any one of them ranks by that one."""
+        questions = np.zeros((2, embedding.DIMENSIONS), dtype=np.float32)
+        questions[0, 0] = questions[1, 1] = 1.0
+        rows = []
+        for passage_id, axis in ((1, 0), (2, 1), (3, 2)):
+            vector = np.zeros((1, embedding.DIMENSIONS), dtype=np.float32)
+            vector[0, axis] = 1.0
+            rows.append(dbdocuments.Vectors(passage_id, False, embedding.pack(vector)))
+
+        found = vectors.Index.build(rows).nearest(
+            questions, 10, private_penalty=0.0, min_similarity=0.5
+        )
+
+        assert sorted(found) == [1, 2]
 
     def test_a_private_passage_counts_less_and_a_far_one_not_at_all(self) -> None:
         """The private penalty reorders near ties; below the floor a passage is left out."""
