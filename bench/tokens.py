@@ -1,33 +1,42 @@
-"""Token benchmark: the model bill of the appliance's agent loop against a naive prompt.
+"""Token benchmark: the model bill of the appliance's agent loop against a naive prompt, on
+the first set (tuned on) and the held-out set (never tuned on), side by side.
 
-    python bench/tokens.py [--tasks N] [--top-k K] [--token-budget T] [--no-tradeoff]
+    python bench/tokens.py [--tasks N] [--sets first,code,prose] [--no-tradeoff]
 
-Corpus: 41 modules of this interpreter's standard library (code and docstrings), ingested with
-`add_documents` into one collection: split into passages, each passage's views embedded with
-all-MiniLM-L6-v2 (run in numpy, `appliance.agents.embedding`) and stored in Postgres. Questions:
-`bench/questions.py`, each with the definition that answers it, in a developer's words rather
-than the docstring's. Model: the local Messages API stand-in (`tests/support/messages_api.py`:
-prefix caching, per-model minimums, deterministic token counts), reached through the real SDK;
-every call gets the same scripted answer, so output tokens are equal on both sides. Prices: the
-published table seeded by the migrations (`costs.price_of`).
+Corpora and questions (`bench/corpora.py`): the first set, 41 modules of this interpreter's
+standard library with the 130 questions of `bench/questions.py`, on which the retriever's
+settings were chosen; the held-out set of `bench/heldout.py`, written before it was measured
+and never tuned on: 25 other standard-library modules (52 questions) and prose in four
+formats (44 questions). Each corpus is one collection, ingested with `add_documents`: split
+into passages, each passage's views embedded with all-MiniLM-L6-v2 (run in numpy; the vectors
+are kept in `.bench-cache/` between runs) and stored in Postgres. Model: the local Messages
+API stand-in (`tests/support/messages_api.py`: prefix caching, per-model minimums,
+deterministic token counts), reached through the real SDK; every call gets the same scripted
+answer, so output tokens are equal on both sides. Prices: the published table seeded by the
+migrations (`costs.price_of`).
 
 (b) the appliance: each question is an `agent.run` task run by a Worker, one after another
     (steady traffic, warm cache): surgical retrieval within a token budget (BM25 in SQL and
-    similarity of meaning to the passages' vectors, merged one-in-four / three-in-four,
-    `appliance.agents.retrieval`), the stable prefix (preamble and persona) marked for caching.
-    Cost per task from the ledger.
+    similarity of meaning to the passages' vectors, fused, `appliance.retrieval.search`), the
+    stable prefix (preamble and persona) marked for caching. Cost per task from the ledger.
 (a) naive: the same persona and question, with the whole text of the 3 files that rank best
     for the question (the product's retrieval ranking over passages, expanded to their files),
     no cache_control markers; one raw SDK call per question, priced from its usage.
 
-Recall: (b) the task's checkpointed `retrieve` step holds a passage of the answer's file whose
-line range contains the answering `def`/`class` line; (a) the answer's file is among the 3.
+Recall: (b) the task's checkpointed `retrieve` step holds, for every fact of the answer, a
+passage of its file whose line range holds it (a definition's `def`/`class` line, or the line
+where a phrase of the prose starts); (a) the answer's files are among the 3.
 
-Retrieval latency: `retrieve` timed alone for every question at (b)'s settings (the query's
-embedding, BM25, fetching and ranking the collection's vectors, reading the passages).
+BM25 alone: `retrieve` by words only at (b)'s setting, its recall, and its cost per task: the
+run's, with the context's tokens (as the stand-in counts them) in place of (b)'s.
 
 Trade-off: (b) again at other retrieval settings (`TRADEOFF`, new versions of the agent with
 the same persona, so the cache stays warm), to show what recall costs.
+
+The cheapest context: where whole-collection caching beats retrieval (`agents.context_choice`)
+for (b)'s budget and model, by call rate, and what each corpus would get.
+
+Retrieval latency: `retrieve` timed alone for every question at (b)'s settings.
 
 Uses DATABASE_URL, else the server on localhost:5432, else a throwaway cluster; creates a fresh
 database for the run and drops it after. The last line is one JSON object with every figure.
@@ -36,15 +45,13 @@ database for the run and drops it after. The last line is one JSON object with e
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
 import dataclasses
 import json
 import statistics
 import sys
-import sysconfig
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -55,22 +62,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance import settings  # noqa: E402
-from appliance.agents import client, costs, definitions, documents, loop, prompt, retrieval  # noqa: E402
+from appliance.agents import (  # noqa: E402
+    client,
+    context_choice,
+    costs,
+    definitions,
+    loop,
+    prompt,
+)
 from appliance.db import documents as dbdocuments  # noqa: E402
 from appliance.db import pool as dbpool  # noqa: E402
 from appliance.db import tasks as dbtasks  # noqa: E402
 from appliance.db import tenants as dbtenants  # noqa: E402
 from appliance.engine import registry, submission, worker  # noqa: E402
-from bench.questions import QUESTIONS, Question  # noqa: E402
+from appliance.retrieval import search  # noqa: E402
+from bench import corpora  # noqa: E402
 from tests.support import messages_api, postgres  # noqa: E402
 
 MODEL = "claude-sonnet-4-6"
-AGENT = "stdlib-help"
 TENANT = "default"
-COLLECTION = "stdlib"
 MAX_TOKENS = 300
-# Recall >= 0.95 needs about 16 passages of this corpus (~300 tokens each) with lexical and
-# meaning-based retrieval merged; BM25 alone reached 0.65 at 6 / 1,800 (the issue's setting).
+# Recall >= 0.95 needs about 16 passages (~300 tokens each) with lexical and meaning-based
+# retrieval fused; BM25 alone reached 0.65 at 6 / 1,800 (the first issue's setting).
 TOP_K = 16
 TOKEN_BUDGET = 4800
 # Other retrieval settings measured the same way after the main run: what recall costs.
@@ -78,50 +91,8 @@ TRADEOFF = ((6, 1800), (10, 3000), (20, 6000))
 NAIVE_DOCUMENTS = 3
 # Passages ranked per question when expanding to whole files (naive): enough to find 3 files.
 NAIVE_CANDIDATES = 200
-
-FILES = (
-    "argparse.py",
-    "base64.py",
-    "bisect.py",
-    "calendar.py",
-    "collections/__init__.py",
-    "contextlib.py",
-    "copy.py",
-    "csv.py",
-    "dataclasses.py",
-    "difflib.py",
-    "email/utils.py",
-    "enum.py",
-    "fnmatch.py",
-    "fractions.py",
-    "functools.py",
-    "glob.py",
-    "gzip.py",
-    "heapq.py",
-    "html/__init__.py",
-    "ipaddress.py",
-    "json/__init__.py",
-    "json/decoder.py",
-    "json/encoder.py",
-    "logging/__init__.py",
-    "pathlib.py",
-    "pprint.py",
-    "queue.py",
-    "random.py",
-    "reprlib.py",
-    "sched.py",
-    "secrets.py",
-    "shlex.py",
-    "shutil.py",
-    "statistics.py",
-    "string.py",
-    "tarfile.py",
-    "tempfile.py",
-    "textwrap.py",
-    "urllib/parse.py",
-    "uuid.py",
-    "zipfile.py",
-)
+# Call rates (per hour) at which the crossover of the cheapest context is shown.
+RATES = (2, 6, 12, 60, 600)
 
 # The same answer to every call of both approaches (about 150 tokens), so output is equal.
 ANSWER = (
@@ -329,83 +300,25 @@ from the other end as you append."
 """
 
 
-# --- where answers are ------------------------------------------------------------------------
+def agent_name(corpus: corpora.Corpus) -> str:
+    return f"help-{corpus.collection}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Location:
-    """Where a question's answer is: the file's source (as ingested) and its definition lines."""
-
-    source: str
-    lines: tuple[int, ...]
-
-
-def definition_lines(text: str, name: str) -> list[int]:
-    """The `def`/`class` lines of `name` (`f` or `Class.member`), under `if`/`try` too."""
-    parts = name.split(".")
-    found: list[int] = []
-
-    def walk(body: Iterable[ast.stmt], depth: int) -> None:
-        for node in body:
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                if node.name != parts[depth]:
-                    continue
-                if depth == len(parts) - 1:
-                    found.append(node.lineno)
-                elif isinstance(node, ast.ClassDef):
-                    walk(node.body, depth + 1)
-            elif isinstance(node, ast.If):
-                walk(node.body, depth)
-                walk(node.orelse, depth)
-            elif isinstance(node, ast.Try):
-                walk(node.body, depth)
-                walk(node.orelse, depth)
-                walk(node.finalbody, depth)
-                for handler in node.handlers:
-                    walk(handler.body, depth)
-
-    walk(ast.parse(text).body, 0)
-    return found
-
-
-def locate(stdlib: Path, question: Question) -> Location:
-    if question.path not in FILES:
-        raise SystemExit(f"{question.path} (of {question.name}) is not in the corpus")
-    path = (stdlib / question.path).resolve()
-    lines = definition_lines(path.read_text(encoding="utf-8"), question.name)
-    if not lines:
-        raise SystemExit(f"{question.path}: no definition of {question.name}")
-    return Location(path.as_posix(), tuple(lines))
-
-
-def holds_answer(passage: Mapping[str, Any], where: Location) -> bool:
-    """Whether a passage is of the answer's file and its line range holds the definition."""
-    return passage["source"] == where.source and any(
-        passage["line_start"] <= line <= passage["line_end"] for line in where.lines
-    )
-
-
-# --- setup ------------------------------------------------------------------------------------
-
-
-async def ingest(pool: dbpool.Pool, stdlib: Path) -> documents.IngestReport:
-    paths = [stdlib / name for name in FILES]
-    missing = [p.as_posix() for p in paths if not p.is_file()]
-    if missing:
-        raise SystemExit(f"not in this interpreter's standard library: {', '.join(missing)}")
-    return await documents.add_documents(pool, tenant_id=TENANT, collection=COLLECTION, paths=paths)
-
-
-async def define_agent(pool: dbpool.Pool, top_k: int, token_budget: int) -> None:
+async def define_agent(
+    pool: dbpool.Pool, corpus: corpora.Corpus, top_k: int, token_budget: int
+) -> None:
     definition = definitions.Definition(
-        name=AGENT,
+        name=agent_name(corpus),
         persona=PERSONA,
         model=MODEL,
         tools=(),
         max_tokens=MAX_TOKENS,
         max_turns=1,
         retrieval=definitions.Retrieval(
-            collections=(COLLECTION,), top_k=top_k, token_budget=token_budget
+            collections=(corpus.collection,),
+            top_k=top_k,
+            token_budget=token_budget,
+            context="retrieval",  # measured here; the whole collection is priced apart
         ),
     )
     await definitions.apply(pool, definition, tenant_id=TENANT, actor="bench")
@@ -429,17 +342,18 @@ class ApplianceRun:
     context_tokens: list[int]
     context_estimate: list[int]
     hits: list[bool]
+    misses: list[str]
     seconds: float
 
 
-async def run_appliance(
+async def run_tasks(
     pool: dbpool.Pool,
     dsn: str,
     api: messages_api.Server,
-    questions: Sequence[Question],
-    where: Sequence[Location],
-) -> ApplianceRun:
-    """Each question as an agent.run task through a Worker, one after another."""
+    agent: str,
+    cases: Sequence[corpora.Case],
+) -> list[int]:
+    """Each question as an agent.run task through a Worker, one after another; the task ids."""
     config = settings.ModelSettings.model_validate(
         {"api_key": api.api_key, "base_url": api.base_url, "max_retries": 2}
     )
@@ -464,11 +378,9 @@ async def run_appliance(
     )
     runner = asyncio.create_task(work.run())
     await work.started.wait()
-    first_request = len(api.requests_to("/v1/messages"))
     task_ids: list[int] = []
-    started = time.perf_counter()
     try:
-        for question in questions:
+        for case in cases:
             api.script(messages_api.TextReply(ANSWER))
             sub = await submission.submit(
                 pool,
@@ -476,7 +388,7 @@ async def run_appliance(
                 engine,
                 tenant_id=TENANT,
                 workflow=loop.WORKFLOW,
-                task_input={"agent": AGENT, "prompt": question.text},
+                task_input={"agent": agent, "prompt": case.text},
                 actor="bench",
             )
             outcome = await waiting.setdefault(sub.task_id, loop_.create_future())
@@ -485,22 +397,40 @@ async def run_appliance(
                 raise SystemExit(f"task {sub.task_id} {outcome}: {task and task.error}")
             task_ids.append(sub.task_id)
     finally:
-        elapsed = time.perf_counter() - started
         await work.stop()
         await runner
         await model.close()
+    return task_ids
+
+
+async def run_appliance(
+    pool: dbpool.Pool,
+    dsn: str,
+    api: messages_api.Server,
+    corpus: corpora.Corpus,
+    cases: Sequence[corpora.Case],
+) -> ApplianceRun:
+    """The agent's tasks for `cases`, their cost from the ledger and their recall."""
+    first_request = len(api.requests_to("/v1/messages"))
+    started = time.perf_counter()
+    task_ids = await run_tasks(pool, dsn, api, agent_name(corpus), cases)
+    elapsed = time.perf_counter() - started
     rows = {row.task_id: row for row in await costs.cost_report(pool, by="task")}
     requests = api.requests_to("/v1/messages")[first_request:]
     if len(requests) != len(task_ids):
         raise SystemExit(f"{len(requests)} model calls for {len(task_ids)} tasks")
     hits: list[bool] = []
+    misses: list[str] = []
     context_tokens: list[int] = []
     context_estimate: list[int] = []
-    for task_id, location, request in zip(task_ids, where, requests, strict=True):
+    for task_id, case, request in zip(task_ids, cases, requests, strict=True):
         steps = {step.name: step.output for step in await dbtasks.list_steps(pool, task_id)}
-        passages: list[dict[str, Any]] = steps["retrieve"]
-        hits.append(any(holds_answer(p, location) for p in passages))
-        context_estimate.append(sum(retrieval.cost_of(retrieval.Passage(**p)) for p in passages))
+        passages: list[dict[str, Any]] = steps["retrieve"]["passages"]
+        hit = corpora.answered(passages, case)
+        hits.append(hit)
+        if not hit:
+            misses.append(f"  missed: {case.label}: {case.text}")
+        context_estimate.append(sum(search.cost_of(search.Passage(**p)) for p in passages))
         blocks = request.body["messages"][0]["content"]
         context_tokens.append(messages_api.tokens_of(blocks[0]) if len(blocks) > 1 else 0)
     chosen = [rows[task_id] for task_id in task_ids]
@@ -513,8 +443,41 @@ async def run_appliance(
         context_tokens=context_tokens,
         context_estimate=context_estimate,
         hits=hits,
+        misses=misses,
         seconds=elapsed,
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WordsOnly:
+    hits: list[bool]
+    usd: list[Decimal]
+
+
+async def words_only(
+    pool: dbpool.Pool, corpus: corpora.Corpus, cases: Sequence[corpora.Case], run: ApplianceRun
+) -> WordsOnly:
+    """BM25 alone at the run's setting: its recall, and the run's cost per task with this
+    context's tokens (as the stand-in counts them) in place of the run's."""
+    prices = await costs.price_of(pool, MODEL)
+    hits: list[bool] = []
+    usd: list[Decimal] = []
+    for index, case in enumerate(cases):
+        found = await search.retrieve(
+            pool,
+            tenant_id=TENANT,
+            collections=[corpus.collection],
+            query=case.text,
+            top_k=TOP_K,
+            token_budget=TOKEN_BUDGET,
+            words_only=True,
+        )
+        passages = [dataclasses.asdict(passage) for passage in found]
+        hits.append(corpora.answered(passages, case))
+        tokens = messages_api.tokens_of({"type": "text", "text": search.render_context(passages)})
+        extra = (tokens - run.context_tokens[index]) * prices.input / Decimal(1_000_000)
+        usd.append(run.usd[index] + extra)
+    return WordsOnly(hits, usd)
 
 
 # --- (a) naive --------------------------------------------------------------------------------
@@ -530,12 +493,12 @@ class NaiveRun:
     seconds: float
 
 
-async def top_files(pool: dbpool.Pool, query: str, count: int) -> list[str]:
+async def top_files(pool: dbpool.Pool, collection: str, query: str, count: int) -> list[str]:
     """The `count` files whose passages rank best for `query` (the product's retrieval)."""
-    found = await retrieval.retrieve(
+    found = await search.retrieve(
         pool,
         tenant_id=TENANT,
-        collections=[COLLECTION],
+        collections=[collection],
         query=query,
         top_k=NAIVE_CANDIDATES,
         token_budget=10**9,
@@ -544,19 +507,19 @@ async def top_files(pool: dbpool.Pool, query: str, count: int) -> list[str]:
 
 
 async def retrieval_latency(
-    pool: dbpool.Pool, questions: Sequence[Question], top_k: int, token_budget: int
+    pool: dbpool.Pool, corpus: corpora.Corpus, cases: Sequence[corpora.Case]
 ) -> list[float]:
     """Seconds `retrieve` takes for each question at the appliance's settings."""
     seconds = []
-    for question in questions:
+    for case in cases:
         started = time.perf_counter()
-        await retrieval.retrieve(
+        await search.retrieve(
             pool,
             tenant_id=TENANT,
-            collections=[COLLECTION],
-            query=question.text,
-            top_k=top_k,
-            token_budget=token_budget,
+            collections=[corpus.collection],
+            query=case.text,
+            top_k=TOP_K,
+            token_budget=TOKEN_BUDGET,
         )
         seconds.append(time.perf_counter() - started)
     return seconds
@@ -565,8 +528,8 @@ async def retrieval_latency(
 async def run_naive(
     pool: dbpool.Pool,
     api: messages_api.Server,
-    questions: Sequence[Question],
-    where: Sequence[Location],
+    corpus: corpora.Corpus,
+    cases: Sequence[corpora.Case],
 ) -> NaiveRun:
     """Each question with the whole text of its top files, no cache markers, one raw call."""
     prices = await costs.price_of(pool, MODEL)
@@ -575,8 +538,8 @@ async def run_naive(
     run = NaiveRun([], [], [], [], [], 0.0)
     started = time.perf_counter()
     try:
-        for question, location in zip(questions, where, strict=True):
-            files = await top_files(pool, question.text, NAIVE_DOCUMENTS)
+        for case in cases:
+            files = await top_files(pool, corpus.collection, case.text, NAIVE_DOCUMENTS)
             for source in files:
                 if source not in texts:
                     texts[source] = Path(source).read_text(encoding="utf-8")
@@ -591,7 +554,7 @@ async def run_naive(
                         "role": "user",
                         "content": [
                             {"type": "text", "text": context},
-                            {"type": "text", "text": question.text},
+                            {"type": "text", "text": case.text},
                         ],
                     }
                 ],
@@ -602,7 +565,7 @@ async def run_naive(
             run.input.append(usage.input_tokens)
             run.cache.append(usage.cache_creation_input_tokens + usage.cache_read_input_tokens)
             run.output.append(usage.output_tokens)
-            run.hits.append(location.source in files)
+            run.hits.append(all(fact.source in files for fact in case.facts))
     finally:
         await sdk.close()
     return dataclasses.replace(run, seconds=time.perf_counter() - started)
@@ -624,19 +587,240 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+@dataclasses.dataclass(slots=True)
+class Result:
+    """Every figure of one corpus."""
+
+    corpus: corpora.Corpus
+    tasks: int
+    collection: dbdocuments.Collection
+    files: int
+    vectors: int
+    ingest_s: float
+    latency: list[float]
+    naive: NaiveRun
+    appliance: ApplianceRun
+    words: WordsOnly
+    tradeoff: list[tuple[int, int, ApplianceRun]]
+
+    def reduction(self, usd: Sequence[Decimal]) -> float:
+        naive = mean(self.naive.usd)
+        return 1 - mean(usd) / naive if naive else 0.0
+
+    def figures(self) -> dict[str, Any]:
+        run = self.appliance
+        return {
+            "tasks": self.tasks,
+            "tuned_on": self.corpus.tuned,
+            "corpus_files": self.files,
+            "corpus_passages": self.collection.passages,
+            "corpus_tokens": self.collection.tokens,
+            "corpus_vectors": self.vectors,
+            "ingest_seconds": round(self.ingest_s, 1),
+            "naive_usd_per_task": round(mean(self.naive.usd), 6),
+            "naive_recall": round(share(self.naive.hits), 4),
+            "avg_input_tokens_naive": round(
+                mean([i + c for i, c in zip(self.naive.input, self.naive.cache, strict=True)]),
+                1,
+            ),
+            "appliance_usd_per_task": round(mean(run.usd), 6),
+            "reduction": round(self.reduction(run.usd), 4),
+            "recall": round(share(run.hits), 4),
+            "avg_uncached_input_tokens_appliance": round(mean(run.uncached_input), 1),
+            "avg_context_tokens_appliance": round(mean(run.context_tokens), 1),
+            "cache_read_tokens_per_task": round(mean(run.cache_read), 1),
+            "bm25_only_recall": round(share(self.words.hits), 4),
+            "bm25_only_reduction": round(self.reduction(self.words.usd), 4),
+            "retrieval_ms_p50": round(statistics.median(self.latency) * 1000, 1),
+            "retrieval_ms_p90": round(quantile(self.latency, 0.9) * 1000, 1),
+            "tradeoff": [
+                {
+                    "top_k": top_k,
+                    "token_budget": budget,
+                    "recall": round(share(other.hits), 4),
+                    "reduction": round(self.reduction(other.usd), 4),
+                    "avg_context_tokens": round(mean(other.context_tokens), 1),
+                }
+                for top_k, budget, other in self.tradeoff
+            ],
+        }
+
+
+async def measure(
+    pool: dbpool.Pool,
+    dsn: str,
+    api: messages_api.Server,
+    corpus: corpora.Corpus,
+    *,
+    tasks: int | None,
+    encoder: corpora.CachedEncoder | None,
+    tradeoff: bool,
+) -> Result:
+    cases = corpus.cases[:tasks]
+    started = time.perf_counter()
+    report = await corpora.ingest(pool, corpus, tenant_id=TENANT, encoder=encoder)
+    ingest_s = time.perf_counter() - started
+    [collection] = [
+        c
+        for c in await dbdocuments.list_collections(pool, tenant_id=TENANT)
+        if c.collection == corpus.collection
+    ]
+    print(
+        f"{corpus.name}: {len(report.added)} files, {report.passages} passages, "
+        f"{collection.tokens:,} tokens, {report.vectors:,} vectors of "
+        f"{report.model or 'no embedding model (words only)'}; stored in {ingest_s:.1f} s",
+        flush=True,
+    )
+    latency = await retrieval_latency(pool, corpus, cases)
+    await define_agent(pool, corpus, TOP_K, TOKEN_BUDGET)
+    naive = await run_naive(pool, api, corpus, cases)
+    appliance = await run_appliance(pool, dsn, api, corpus, cases)
+    words = await words_only(pool, corpus, cases, appliance)
+    points: list[tuple[int, int, ApplianceRun]] = []
+    for top_k, budget in TRADEOFF if tradeoff else ():
+        await define_agent(pool, corpus, top_k, budget)
+        points.append((top_k, budget, await run_appliance(pool, dsn, api, corpus, cases)))
+    result = Result(
+        corpus,
+        len(cases),
+        collection,
+        len(report.added),
+        report.vectors,
+        ingest_s,
+        latency,
+        naive,
+        appliance,
+        words,
+        points,
+    )
+    for line in appliance.misses:
+        print(line)
+    return result
+
+
+def table(results: Sequence[Result]) -> list[str]:
+    """The figures of every corpus side by side."""
+
+    def row(name: str, cells: Sequence[str]) -> str:
+        return f"{name:<44}" + "".join(f"{cell:>20}" for cell in cells)
+
+    lines = [row("", [f"{r.corpus.name}{' (tuned)' if r.corpus.tuned else ''}" for r in results])]
+    lines.append(row("questions", [str(r.tasks) for r in results]))
+    lines.append(
+        row(
+            "corpus passages / tokens",
+            [f"{r.collection.passages} / {r.collection.tokens:,}" for r in results],
+        )
+    )
+    lines.append(
+        row(
+            "naive $/task (input tokens/call)",
+            [
+                f"{mean(r.naive.usd):.4f} ({r.figures()['avg_input_tokens_naive']:,.0f})"
+                for r in results
+            ],
+        )
+    )
+    lines.append(
+        row(
+            "naive recall (answer files among the 3)",
+            [f"{share(r.naive.hits):.3f}" for r in results],
+        )
+    )
+    lines.append(
+        row(
+            f"appliance $/task, top {TOP_K} / {TOKEN_BUDGET:,}",
+            [f"{mean(r.appliance.usd):.4f}" for r in results],
+        )
+    )
+    lines.append(
+        row(
+            f"recall / reduction, top {TOP_K} / {TOKEN_BUDGET:,}",
+            [
+                f"{share(r.appliance.hits):.3f} / {r.reduction(r.appliance.usd):.1%}"
+                for r in results
+            ],
+        )
+    )
+    for index, (top_k, budget) in enumerate(TRADEOFF):
+        if all(len(r.tradeoff) > index for r in results):
+            lines.append(
+                row(
+                    f"recall / reduction, top {top_k} / {budget:,}",
+                    [
+                        f"{share(r.tradeoff[index][2].hits):.3f} / "
+                        f"{r.reduction(r.tradeoff[index][2].usd):.1%}"
+                        for r in results
+                    ],
+                )
+            )
+    lines.append(
+        row(
+            f"BM25 alone, top {TOP_K} / {TOKEN_BUDGET:,}",
+            [f"{share(r.words.hits):.3f} / {r.reduction(r.words.usd):.1%}" for r in results],
+        )
+    )
+    lines.append(
+        row(
+            "retrieval ms median / p90",
+            [
+                f"{statistics.median(r.latency) * 1000:.0f} / {quantile(r.latency, 0.9) * 1000:.0f}"
+                for r in results
+            ],
+        )
+    )
+    return lines
+
+
+async def crossover(pool: dbpool.Pool, results: Sequence[Result]) -> dict[str, Any]:
+    """Where the whole collection in the cache beats retrieval at (b)'s budget, by call rate,
+    and what each corpus would get at those rates."""
+    prices = await costs.price_of(pool, MODEL)
+    rates: dict[str, Any] = {}
+    for rate in RATES:
+        tokens = context_choice.crossover_tokens(
+            prices=prices, budget_tokens=TOKEN_BUDGET, calls_per_hour=rate, ttl="5m"
+        )
+        chosen = {}
+        for result in results:
+            size = result.collection.tokens + context_choice.HEADER_TOKENS * (
+                result.collection.passages
+            )
+            choice = context_choice.choose(
+                prices=prices,
+                collection_tokens=size,
+                budget_tokens=TOKEN_BUDGET,
+                calls_per_hour=rate,
+                ttl="5m",
+                cacheable=True,
+            )
+            chosen[result.corpus.name] = choice.mode
+        rates[str(rate)] = {"crossover_tokens": tokens, "choice": chosen}
+        print(
+            f"cheapest context at {rate} calls/hour ({MODEL}, 5m cache, budget "
+            f"{TOKEN_BUDGET:,}): the whole collection below {tokens:,} tokens; "
+            + ", ".join(f"{name}: {mode}" for name, mode in chosen.items())
+        )
+    return rates
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=len(QUESTIONS), help="questions to ask")
-    parser.add_argument("--top-k", type=int, default=TOP_K)
-    parser.add_argument("--token-budget", type=int, default=TOKEN_BUDGET)
+    parser.add_argument("--tasks", type=int, default=None, help="questions per corpus")
+    parser.add_argument("--sets", default="first,code,prose")
     parser.add_argument(
         "--no-tradeoff", action="store_true", help="skip the runs at other retrieval settings"
     )
     args = parser.parse_args()
-    questions = QUESTIONS[: args.tasks]
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    where = [locate(stdlib, question) for question in questions]
-    tradeoff: list[tuple[int, int, ApplianceRun]] = []
+    wanted = args.sets.split(",")
+    chosen: list[corpora.Corpus] = []
+    if "first" in wanted:
+        chosen.append(corpora.first_set())
+    if "code" in wanted or "prose" in wanted:
+        code, prose = corpora.heldout_sets()
+        chosen.extend(c for c, key in ((code, "code"), (prose, "prose")) if key in wanted)
+    encoder = corpora.cached_encoder()
+    results: list[Result] = []
     async with (
         postgres.server() as server,
         postgres.fresh_database(server, "tokens") as dsn,
@@ -645,116 +829,35 @@ async def main() -> None:
         pool = await dbpool.create_pool(dsn, min_size=2, max_size=8)
         try:
             await dbtenants.create_tenant(pool, tenant_id=TENANT, name=TENANT, actor="bench")
-            started = time.perf_counter()
-            report = await ingest(pool, stdlib)
-            ingest_s = time.perf_counter() - started
-            [collection] = await dbdocuments.list_collections(pool, tenant_id=TENANT)
-            print(
-                f"corpus: {len(report.added)} stdlib files ({stdlib}), {report.passages} "
-                f"passages, {collection.tokens:,} tokens, {report.vectors:,} vectors of "
-                f"{report.model or 'no embedding model (words only)'}; split, embedded and "
-                f"stored in {ingest_s:.1f} s"
-            )
-            latency = await retrieval_latency(pool, questions, args.top_k, args.token_budget)
-            print(
-                f"retrieval: {statistics.median(latency) * 1000:.1f} ms median, "
-                f"{quantile(latency, 0.9) * 1000:.1f} ms p90 per call (top_k {args.top_k} "
-                f"within {args.token_budget} tokens)"
-            )
-            await define_agent(pool, args.top_k, args.token_budget)
             prefix = prompt.estimate_tokens(prompt.PREAMBLE) + prompt.estimate_tokens(PERSONA)
             print(
                 f"agent: {MODEL}, stable prefix ~{prefix:,} tokens (minimum cacheable "
                 f"{prompt.min_cacheable(MODEL):,}), max_tokens {MAX_TOKENS}, retrieval "
-                f"top_k {args.top_k} within {args.token_budget} tokens; {len(questions)} tasks"
+                f"top_k {TOP_K} within {TOKEN_BUDGET} tokens, fusion {search.FUSION}",
+                flush=True,
             )
-            naive = await run_naive(pool, api, questions, where)
-            appliance = await run_appliance(pool, dsn, api, questions, where)
-            for top_k, budget in () if args.no_tradeoff else TRADEOFF:
-                await define_agent(pool, top_k, budget)
-                run = await run_appliance(pool, dsn, api, questions, where)
-                tradeoff.append((top_k, budget, run))
+            for corpus in chosen:
+                result = await measure(
+                    pool,
+                    dsn,
+                    api,
+                    corpus,
+                    tasks=args.tasks,
+                    encoder=encoder,
+                    tradeoff=not args.no_tradeoff,
+                )
+                results.append(result)
+            rates = await crossover(pool, results)
         finally:
             await pool.close()
-
-    tasks = len(questions)
-    naive_usd = mean(naive.usd)
-    appliance_usd = mean(appliance.usd)
-    reduction = 1 - appliance_usd / naive_usd if naive_usd else 0.0
-    naive_input = mean([i + c for i, c in zip(naive.input, naive.cache, strict=True)])
-    input_total = [
-        u + w + r
-        for u, w, r in zip(
-            appliance.uncached_input, appliance.cache_write, appliance.cache_read, strict=True
-        )
-    ]
-    print(
-        f"(a) naive: ${naive_usd:.5f}/task; {naive_input:,.0f} input tokens/call (all uncached; "
-        f"whole text of the top {NAIVE_DOCUMENTS} files), {mean(naive.output):.0f} output; "
-        f"recall {share(naive.hits):.3f} (answer file among the {NAIVE_DOCUMENTS}); "
-        f"{naive.seconds:.1f} s"
-    )
-    print(
-        f"(b) appliance: ${appliance_usd:.5f}/task; {mean(input_total):,.0f} input tokens/call = "
-        f"{mean(appliance.uncached_input):,.0f} uncached + {mean(appliance.cache_read):,.0f} "
-        f"cache read + {mean(appliance.cache_write):,.0f} cache write (the first task writes "
-        f"{appliance.cache_write[0]:,}); context {mean(appliance.context_tokens):,.0f} tokens "
-        f"as billed ({mean(appliance.context_estimate):,.0f} by the retrieval's estimate); "
-        f"{mean(appliance.output):.0f} output; recall {share(appliance.hits):.3f}; "
-        f"{appliance.seconds:.1f} s"
-    )
-    misses = [q for q, hit in zip(questions, appliance.hits, strict=True) if not hit]
-    for question in misses:
-        print(f"  missed: {question.path} {question.name}: {question.text}")
-    print(
-        f"reduction: {reduction:.1%} (1 - appliance/naive) at recall "
-        f"{share(appliance.hits):.3f} vs naive recall {share(naive.hits):.3f}, {tasks} tasks"
-    )
-    curve: list[dict[str, Any]] = []
-    for top_k, budget, run in tradeoff:
-        usd = mean(run.usd)
-        point = {
-            "top_k": top_k,
-            "token_budget": budget,
-            "usd_per_task": round(usd, 6),
-            "reduction": round(1 - usd / naive_usd, 4) if naive_usd else 0.0,
-            "recall": round(share(run.hits), 4),
-            "avg_context_tokens": round(mean(run.context_tokens), 1),
-        }
-        curve.append(point)
-        print(
-            f"tradeoff: top_k {top_k} within {budget} tokens: ${usd:.5f}/task, reduction "
-            f"{point['reduction']:.1%}, recall {share(run.hits):.3f}, context "
-            f"{mean(run.context_tokens):,.0f} tokens"
-        )
+    print("\n".join(table(results)))
     figures = {
-        "tasks": tasks,
         "model": MODEL,
-        "top_k": args.top_k,
-        "token_budget": args.token_budget,
-        "naive_usd_per_task": round(naive_usd, 6),
-        "appliance_usd_per_task": round(appliance_usd, 6),
-        "reduction": round(reduction, 4),
-        "recall": round(share(appliance.hits), 4),
-        "naive_recall": round(share(naive.hits), 4),
-        "avg_input_tokens_naive": round(naive_input, 1),
-        "avg_input_tokens_appliance": round(mean(input_total), 1),
-        "avg_uncached_input_tokens_appliance": round(mean(appliance.uncached_input), 1),
-        "avg_context_tokens_appliance": round(mean(appliance.context_tokens), 1),
-        "avg_context_tokens_estimate": round(mean(appliance.context_estimate), 1),
-        "cache_read_tokens_per_task": round(mean(appliance.cache_read), 1),
-        "cache_write_tokens_per_task": round(mean(appliance.cache_write), 1),
-        "output_tokens_per_task": round(mean(appliance.output), 1),
-        "corpus_files": len(report.added),
-        "corpus_passages": report.passages,
-        "corpus_tokens": collection.tokens,
-        "corpus_vectors": report.vectors,
-        "embedding_model": report.model,
-        "ingest_seconds": round(ingest_s, 1),
-        "retrieval_ms_p50": round(statistics.median(latency) * 1000, 1),
-        "retrieval_ms_p90": round(quantile(latency, 0.9) * 1000, 1),
+        "top_k": TOP_K,
+        "token_budget": TOKEN_BUDGET,
         "stable_prefix_tokens": prefix,
-        "tradeoff": curve,
+        "sets": {r.corpus.name: r.figures() for r in results},
+        "cheapest_context": rates,
     }
     print(json.dumps(figures))
 

@@ -1,1 +1,2 @@
-"""Agents: definitions, the model client with prompt caching, retrieval, costs, the loop."""
+"""Agents: definitions, the model client with prompt caching, costs, the loop (retrieval is
+`appliance.retrieval`)."""

@@ -132,6 +132,17 @@ class Prices:
     output: Decimal
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContextCost:
+    """How a call got its documents, for the ledger: 'retrieval' or 'collection', the tokens
+    they took, and the expected cost per call of this way and of the other."""
+
+    mode: str
+    tokens: int
+    expected_usd: Decimal
+    other_usd: Decimal
+
+
 def price_call(prices: Prices, usage: Usage) -> tuple[Decimal, Decimal]:
     """(cost, uncached cost) of one call in USD."""
     cost = (
@@ -247,8 +258,10 @@ async def record_call(
     usage: Usage,
     cache_note: str | None,
     started_at: dt.datetime | None = None,
+    context: ContextCost | None = None,
 ) -> dbcosts.ModelCall:
-    """Price a finished call at the prices of its start date and add it to the ledger."""
+    """Price a finished call at the prices of its start date and add it to the ledger, with
+    the context chosen for it (`agents.context_choice`) when it had documents."""
     started = started_at if started_at is not None else dt.datetime.now(dt.UTC)
     prices = await price_of(conn, model, started)
     cost, uncached = price_call(prices, usage)
@@ -272,6 +285,10 @@ async def record_call(
         cost_usd=cost,
         uncached_cost_usd=uncached,
         cache_note=cache_note,
+        context=context.mode if context else None,
+        context_tokens=context.tokens if context else None,
+        context_expected_usd=context.expected_usd if context else None,
+        context_other_usd=context.other_usd if context else None,
     )
 
 

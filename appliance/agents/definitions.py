@@ -19,6 +19,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 
@@ -33,6 +34,9 @@ class Retrieval(pydantic.BaseModel):
     collections: tuple[str, ...] = ()
     top_k: int = pydantic.Field(default=6, ge=1, le=50)
     token_budget: int = pydantic.Field(default=1500, ge=50)
+    # "auto": per call, the cheaper of retrieval and the whole collection in the cached prompt
+    # (agents/context_choice.py); "retrieval" or "collection" to always use one.
+    context: Literal["auto", "retrieval", "collection"] = "auto"
 
 
 class Definition(pydantic.BaseModel):

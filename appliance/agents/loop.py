@@ -3,7 +3,10 @@
 Input: `{"agent": NAME, "prompt": TEXT, "version": N (optional)}`. Steps, each checkpointed:
 
     agent           the definition version that runs this task (recorded in the task)
-    retrieve        the passages the prompt needs, within the agent's token budget
+    retrieve        the agent's documents for this task: the context chosen for it
+                    (`agents.context_choice`: the passages the prompt needs, within the
+                    agent's token budget, or the whole collection in the cached system
+                    prompt) and the passages themselves
     model:<turn>    one model call: budget check, the call, its ledger row; the whole reply is
                     the checkpoint, so a resumed task never pays for a reply twice
     tool:<turn>:<name>  one tool call (`actions`: policy, approval, audit entries before and
@@ -26,15 +29,17 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+from decimal import Decimal
 from typing import Any
 
 import pydantic
 
 from appliance import errors, settings
-from appliance.agents import actions, client, costs, definitions, prompt, retrieval, tools
+from appliance.agents import actions, client, context_choice, costs, definitions, prompt, tools
 from appliance.db import agents as dbagents
 from appliance.db import pool as dbpool
 from appliance.engine import context, registry
+from appliance.retrieval import search
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +75,66 @@ class Runtime:
             "retrieval": agent.retrieval,
         }
 
-    async def retrieve(self, tenant_id: str, spec: dict[str, Any], text: str) -> list[Any]:
+    async def retrieve(self, tenant_id: str, spec: dict[str, Any], text: str) -> dict[str, Any]:
+        """The context chosen for the task and its passages: those the prompt needs, or every
+        passage of the collections (`agents.context_choice`)."""
         settings_ = definitions.Retrieval.model_validate(spec["retrieval"])
         if not settings_.collections:
-            return []
-        found = await retrieval.retrieve(
+            return {"context": None, "passages": []}
+        tools_ = self.toolbox.definitions(tuple(spec["tools"]))
+        choice = await context_choice.decide(
             self.pool,
             tenant_id=tenant_id,
-            collections=list(settings_.collections),
-            query=text,
-            top_k=settings_.top_k,
-            token_budget=settings_.token_budget,
+            agent=spec["name"],
+            model=spec["model"],
+            collections=settings_.collections,
+            budget_tokens=settings_.token_budget,
+            prefix_tokens=prompt.stable_prefix_tokens(spec["persona"], tools_),
+            min_cacheable=prompt.min_cacheable(spec["model"]),
+            ttl=self.config.cache_ttl,
+            preference=settings_.context,
         )
-        return [dataclasses.asdict(passage) for passage in found]
+        if choice.mode == "collection":
+            found = await search.collection_passages(
+                self.pool, tenant_id=tenant_id, collections=settings_.collections
+            )
+        else:
+            found = await search.retrieve(
+                self.pool,
+                tenant_id=tenant_id,
+                collections=list(settings_.collections),
+                query=text,
+                top_k=settings_.top_k,
+                token_budget=settings_.token_budget,
+            )
+        log.info(
+            "%s",
+            choice.note,
+            extra={"event": "agents.context", "agent": spec["name"], "mode": choice.mode},
+        )
+        return {
+            "context": {
+                "mode": choice.mode,
+                "tokens": sum(search.cost_of(passage) for passage in found),
+                "expected_usd": str(choice.expected_usd),
+                "other_usd": str(choice.other_usd),
+            },
+            "passages": [dataclasses.asdict(passage) for passage in found],
+        }
 
-    async def call_model(
+    async def call_model(  # noqa: PLR0917 - ctx.step passes a step's arguments by position
         self,
         task_id: int,
         tenant_id: str,
         position: int,
         spec: dict[str, Any],
         messages: list[dict[str, Any]],
+        documents: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Check the budget against the call's worst case, call, record the ledger row."""
+        """Check the budget against the call's worst case, call, record the ledger row.
+        `documents` is the `retrieve` step's output: its whole collection goes in the cached
+        system prompt when that is the context chosen, and the choice goes in the ledger."""
+        chosen, passages = _documents(documents)
         request = prompt.build(
             model=spec["model"],
             persona=spec["persona"],
@@ -100,6 +142,11 @@ class Runtime:
             messages=messages,
             max_tokens=spec["max_tokens"],
             ttl=self.config.cache_ttl,
+            documents=(
+                search.render_context(passages)
+                if chosen is not None and chosen["mode"] == "collection"
+                else ""
+            ),
         )
         prices = await costs.price_of(self.pool, model=spec["model"], at=dt.datetime.now(dt.UTC))
         worst = costs.worst_case_usd(prices, request.input_estimate, spec["max_tokens"])
@@ -128,6 +175,16 @@ class Runtime:
             latency_ms=reply.latency_ms,
             usage=usage,
             cache_note=request.cache_note,
+            context=(
+                None
+                if chosen is None
+                else costs.ContextCost(
+                    mode=chosen["mode"],
+                    tokens=chosen["tokens"],
+                    expected_usd=Decimal(chosen["expected_usd"]),
+                    other_usd=Decimal(chosen["other_usd"]),
+                )
+            ),
         )
         return {
             "content": reply.message.get("content", []),
@@ -186,10 +243,22 @@ def _runtime(ctx: context.TaskContext) -> Runtime:
     )
 
 
+def _documents(
+    retrieved: dict[str, Any] | list[dict[str, Any]] | None,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The context chosen and the passages of a `retrieve` step's output (a task checkpointed
+    before the choice existed holds the retrieved passages alone)."""
+    if retrieved is None:
+        return None, []
+    if isinstance(retrieved, list):
+        return None, retrieved
+    return retrieved["context"], retrieved["passages"]
+
+
 def _first_message(text: str, passages: list[dict[str, Any]]) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = []
     if passages:
-        blocks.append({"type": "text", "text": retrieval.render_context(passages)})
+        blocks.append({"type": "text", "text": search.render_context(passages)})
     blocks.append({"type": "text", "text": text})
     return {"role": "user", "content": blocks}
 
@@ -214,8 +283,10 @@ async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
     name, text, version = _checked(task_input)
     runtime = _runtime(ctx)
     spec = await ctx.step("agent", runtime.resolve, ctx.tenant_id, name, version)
-    passages = await ctx.step("retrieve", runtime.retrieve, ctx.tenant_id, spec, text)
-    messages: list[dict[str, Any]] = [_first_message(text, passages)]
+    retrieved = await ctx.step("retrieve", runtime.retrieve, ctx.tenant_id, spec, text)
+    chosen, passages = _documents(retrieved)
+    in_prompt = chosen is not None and chosen["mode"] == "collection"
+    messages: list[dict[str, Any]] = [_first_message(text, [] if in_prompt else passages)]
     usage_total: dict[str, int] = {}
     tool_calls = 0
     for turn in range(spec["max_turns"]):
@@ -227,6 +298,7 @@ async def run_agent(ctx: context.TaskContext, task_input: Any) -> Any:
             ctx.next_position,
             spec,
             messages,
+            retrieved,
         )
         for key, value in (reply.get("usage") or {}).items():
             if isinstance(value, int):

@@ -1,10 +1,12 @@
 """The request of each model call, with its stable prefix marked for prompt caching.
 
 The prefix is tools (sorted by name, serialised canonically), then the system prompt (a fixed
-preamble and the agent's persona): nothing in it varies by task or by time, so every call of
-every task of an agent version reuses one cache entry. Breakpoints (at most 4; 3 used) go in
-the API's order: on the last tool, on the persona, and on the last block of the conversation
-so far, so a multi-turn loop reads its own history from the cache. A prefix shorter than the
+preamble, the agent's persona and, when the agent's context is its whole collection, the
+collection's passages): nothing in it varies by task or by time, so every call of every task
+of an agent version reuses one cache entry. Breakpoints (at most 4; 3 used) go in the API's
+order: on the last tool, on the last system block (the persona or the collection), and on the
+last block of the conversation so far, so a multi-turn loop reads its own history from the
+cache. A prefix shorter than the
 model's minimum cacheable length is not cached by the API, silently; it is reported here.
 """
 
@@ -54,6 +56,11 @@ def min_cacheable(model: str) -> int:
     return DEFAULT_MIN_CACHEABLE
 
 
+def stable_prefix_tokens(persona: str, tools: list[dict[str, Any]]) -> int:
+    """The estimate of the prefix every call of an agent shares: tools, preamble, persona."""
+    return estimate_tokens(tools) + estimate_tokens(PREAMBLE) + estimate_tokens(persona)
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
     """The keyword arguments of messages.create, and what was found about its cacheability."""
@@ -72,23 +79,28 @@ def build(
     messages: list[dict[str, Any]],
     max_tokens: int,
     ttl: str,
+    documents: str = "",
 ) -> Request:
-    """The request for one call; the caller's messages are not modified."""
+    """The request for one call; the caller's messages are not modified. `documents` is the
+    agent's whole collection, rendered, when that is its context (`agents.context_choice`)."""
     marker = {"type": "ephemeral", "ttl": ttl}
     tool_defs = [json.loads(json.dumps(t, sort_keys=True)) for t in tools]
     if tool_defs:
         tool_defs[-1]["cache_control"] = marker
-    system = [
+    system: list[dict[str, Any]] = [
         {"type": "text", "text": PREAMBLE},
-        {"type": "text", "text": persona, "cache_control": marker},
+        {"type": "text", "text": persona},
     ]
+    if documents:
+        system.append({"type": "text", "text": documents})
+    system[-1]["cache_control"] = marker
     history = copy.deepcopy(messages)
     if history and (len(history) > 1 or tool_defs):
         last = history[-1]
         if isinstance(last["content"], str):
             last["content"] = [{"type": "text", "text": last["content"]}]
         last["content"][-1]["cache_control"] = marker
-    prefix_tokens = estimate_tokens(tools) + estimate_tokens(PREAMBLE) + estimate_tokens(persona)
+    prefix_tokens = stable_prefix_tokens(persona, tools) + estimate_tokens(documents)
     floor = min_cacheable(model)
     if prefix_tokens < floor:
         note = (

@@ -175,7 +175,7 @@ async def cmd_docs_add(args: argparse.Namespace, config: settings.Settings) -> i
 
     A named path that is missing (or not a file or folder) stops it before anything is read:
     exit 65. When every file was skipped, nothing is ingested: exit 65 saying what and why."""
-    from appliance.agents import documents
+    from appliance.retrieval import documents
 
     for path in args.paths:
         if not path.is_file() and not path.is_dir():

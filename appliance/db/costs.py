@@ -51,6 +51,12 @@ class ModelCall:
     cost_usd: Decimal
     uncached_cost_usd: Decimal
     cache_note: str | None
+    context: (
+        str | None
+    )  # 'retrieval' or 'collection' (agents/context_choice.py); None: no documents
+    context_tokens: int | None
+    context_expected_usd: Decimal | None
+    context_other_usd: Decimal | None
     recorded_at: dt.datetime
 
 
@@ -157,8 +163,12 @@ async def record_model_call(
     cost_usd: Decimal,
     uncached_cost_usd: Decimal,
     cache_note: str | None,
+    context: str | None = None,
+    context_tokens: int | None = None,
+    context_expected_usd: Decimal | None = None,
+    context_other_usd: Decimal | None = None,
 ) -> ModelCall:
-    """Add one call to the ledger."""
+    """Add one call to the ledger, with the context chosen for it when it had documents."""
     with pool.translated():
         row = await conn.fetchrow(
             _Q["record_model_call"],
@@ -180,10 +190,23 @@ async def record_model_call(
             cost_usd,
             uncached_cost_usd,
             cache_note,
+            context,
+            context_tokens,
+            context_expected_usd,
+            context_other_usd,
         )
     if row is None:
         raise errors.InputError(f"task {task_id} is not a task of tenant {tenant_id!r}")
     return ModelCall(**pool.record_dict(row))
+
+
+async def count_agent_calls(
+    conn: pool.Connection | pool.Pool, *, tenant_id: str, agent: str, since: dt.datetime
+) -> int:
+    """How many calls an agent (any version) of a tenant made from `since` on."""
+    with pool.translated():
+        count: int = await conn.fetchval(_Q["count_agent_calls"], tenant_id, agent, since)
+    return count
 
 
 async def report_costs(

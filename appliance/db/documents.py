@@ -194,6 +194,15 @@ async def list_passage_vectors(
     return [Vectors(row["passage_id"], row["private"], row["vectors"]) for row in rows]
 
 
+async def get_collection_versions(
+    conn: pool.Connection | pool.Pool, *, tenant_id: str, collections: Sequence[str]
+) -> dict[str, int]:
+    """The version of each of a tenant's collections that exists, by name."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["get_collection_versions"], tenant_id, list(collections))
+    return {row["collection"]: row["version"] for row in rows}
+
+
 async def get_passages(
     conn: pool.Connection | pool.Pool, *, tenant_id: str, passage_ids: Sequence[int]
 ) -> dict[int, Passage]:
@@ -201,6 +210,15 @@ async def get_passages(
     with pool.translated():
         rows = await conn.fetch(_Q["get_passages"], tenant_id, list(passage_ids))
     return {row["passage_id"]: _passage(row, 0.0) for row in rows}
+
+
+async def list_collection_passages(
+    conn: pool.Connection | pool.Pool, *, tenant_id: str, collections: Sequence[str]
+) -> list[Passage]:
+    """Every passage of a tenant's collections, by collection, source and position (score 0)."""
+    with pool.translated():
+        rows = await conn.fetch(_Q["list_collection_passages"], tenant_id, list(collections))
+    return [_passage(row, 0.0) for row in rows]
 
 
 def _passage(row: pool.Record, score: float) -> Passage:

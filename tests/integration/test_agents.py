@@ -12,11 +12,12 @@ import pytest
 import pytest_asyncio
 
 from appliance import models, settings
-from appliance.agents import client, costs, definitions, documents, loop
+from appliance.agents import client, costs, definitions, loop
 from appliance.db import audit as dbaudit
 from appliance.db import pool as dbpool
 from appliance.db import tasks as dbtasks
 from appliance.engine import registry
+from appliance.retrieval import documents
 from tests.support import engine as support
 from tests.support import isolation, messages_api, workflows
 from tests.support import tools as support_tools
@@ -60,6 +61,7 @@ async def define(
     persona: str = RULES,
     agent_tools: tuple[str, ...] = (support_tools.lookup_order.__name__,),
     collections: tuple[str, ...] = (),
+    context: str = "auto",
 ) -> None:
     """Apply an agent from a TOML file, as `appliance agents apply` does."""
     path = tmp_path / f"{name}.toml"
@@ -68,7 +70,7 @@ async def define(
         f"persona = {json.dumps(persona)}\ntools = {json.dumps(list(agent_tools))}\n"
         "max_tokens = 256\nmax_turns = 4\n"
         f"[retrieval]\ncollections = {json.dumps(list(collections))}\n"
-        "top_k = 3\ntoken_budget = 600\n"
+        f"top_k = 3\ntoken_budget = 600\ncontext = {json.dumps(context)}\n"
     )
     await definitions.apply(db, definitions.load(path), tenant_id="default", actor="test")
 
@@ -190,6 +192,27 @@ class TestAgentTask:
         assert "may not call tool 'lookup_order'" in result["content"]
 
 
+async def handbook(db: dbpool.Pool, tmp_path: Path) -> None:
+    """Three short notes in the collection `handbook` of tenant `default`."""
+    docs = tmp_path / "handbook"
+    docs.mkdir()
+    (docs / "returns.md").write_text(
+        "# Returns\n\nCustomers may return unopened items within 30 days of delivery. "
+        "Refunds go back to the original payment method within five business days.\n"
+    )
+    (docs / "shipping.md").write_text(
+        "# Shipping\n\nParcels leave the warehouse in Rotterdam every weekday at noon. "
+        "Express shipping costs twelve euros inside the Netherlands.\n"
+    )
+    (docs / "security.md").write_text(
+        "# Badges\n\nVisitors sign in at the front desk and wear a red badge at all times.\n"
+    )
+    report = await documents.add_documents(
+        db, tenant_id="default", collection="handbook", paths=[docs]
+    )
+    assert len(report.added) == 3
+
+
 class TestRetrieval:
     async def test_the_passage_that_answers_reaches_the_context_with_its_source(
         self,
@@ -200,24 +223,8 @@ class TestRetrieval:
         tmp_path: Path,
     ) -> None:
         """The first call carries the answering passage, cited, and not the unrelated ones."""
-        docs = tmp_path / "handbook"
-        docs.mkdir()
-        (docs / "returns.md").write_text(
-            "# Returns\n\nCustomers may return unopened items within 30 days of delivery. "
-            "Refunds go back to the original payment method within five business days.\n"
-        )
-        (docs / "shipping.md").write_text(
-            "# Shipping\n\nParcels leave the warehouse in Rotterdam every weekday at noon. "
-            "Express shipping costs twelve euros inside the Netherlands.\n"
-        )
-        (docs / "security.md").write_text(
-            "# Badges\n\nVisitors sign in at the front desk and wear a red badge at all times.\n"
-        )
-        report = await documents.add_documents(
-            db, tenant_id="default", collection="handbook", paths=[docs]
-        )
-        assert len(report.added) == 3
-        await define(db, tmp_path, agent_tools=(), collections=("handbook",))
+        await handbook(db, tmp_path)
+        await define(db, tmp_path, agent_tools=(), collections=("handbook",), context="retrieval")
         task = await run_agent(db, database_dsn, runtime, "How many days do refunds take?")
 
         context = api.requests_to("/v1/messages")[0].body["messages"][0]["content"][0]["text"]
@@ -225,6 +232,54 @@ class TestRetrieval:
         assert "returns.md" in context
         assert "red badge" not in context
         assert task.output["sources"][0].endswith("returns.md")
+
+    async def test_a_small_collection_goes_whole_into_the_cached_system_prompt(
+        self,
+        db: dbpool.Pool,
+        database_dsn: str,
+        api: messages_api.Server,
+        runtime: loop.Runtime,
+        tmp_path: Path,
+    ) -> None:
+        """A collection smaller than the retrieval budget is cheaper whole: every passage goes
+        after the persona, behind the cache marker, and the question alone in the message."""
+        await handbook(db, tmp_path)
+        await define(db, tmp_path, agent_tools=(), collections=("handbook",))
+
+        await run_agent(db, database_dsn, runtime, "How many days do refunds take?")
+
+        body = api.requests_to("/v1/messages")[0].body
+        system = body["system"]
+        assert "cache_control" not in system[1]
+        assert "cache_control" in system[-1]
+        for words in ("within five business days", "red badge", "Rotterdam", "security.md"):
+            assert words in system[-1]["text"]
+        assert body["messages"][0]["content"] == [
+            {"type": "text", "text": "How many days do refunds take?"}
+        ]
+
+    async def test_the_ledger_records_the_context_chosen_and_both_expected_costs(
+        self,
+        db: dbpool.Pool,
+        database_dsn: str,
+        api: messages_api.Server,
+        runtime: loop.Runtime,
+        tmp_path: Path,
+    ) -> None:
+        """Each call's row says which context it had, its size and what either would cost."""
+        await handbook(db, tmp_path)
+        await define(db, tmp_path, agent_tools=(), collections=("handbook",))
+
+        await run_agent(db, database_dsn, runtime, "How many days do refunds take?")
+
+        row = await db.fetchrow(
+            "SELECT context, context_tokens, context_expected_usd, context_other_usd"
+            "  FROM appliance.model_calls"
+        )
+        assert row is not None
+        assert row["context"] == "collection"
+        assert 0 < row["context_tokens"] < 600
+        assert 0 < row["context_expected_usd"] < row["context_other_usd"]
 
 
 class TestPromptCaching:

@@ -12,10 +12,10 @@ import pytest
 import pytest_asyncio
 
 from appliance import errors
-from appliance.agents import documents, retrieval
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
 from appliance.db import tenants as dbtenants
+from appliance.retrieval import documents, search
 from tests.support import postgres
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -315,8 +315,8 @@ async def ask(
     collections: tuple[str, ...] = ("handbook",),
     top_k: int = 5,
     token_budget: int = 4000,
-) -> list[retrieval.Passage]:
-    return await retrieval.retrieve(
+) -> list[search.Passage]:
+    return await search.retrieve(
         db,
         tenant_id=tenant_id,
         collections=collections,
@@ -503,8 +503,8 @@ class TestRetrieve:
 
         found = await ask(db, "dict reader")
         by_words = await dbdocuments.search_passages(
-            db, tenant_id="default", collections=["handbook"], query=retrieval.search_query(
-                "dict reader"), k1=retrieval.K1, b=retrieval.B, max_tokens=4000, limit=10
+            db, tenant_id="default", collections=["handbook"], query=search.search_query(
+                "dict reader"), k1=search.K1, b=search.B, max_tokens=4000, limit=10
         )  # fmt: skip
 
         assert [p.source for p in by_words.values()] == [source_of(code)]
@@ -592,8 +592,8 @@ class TestRetrieve:
                               token_budget=budget)  # fmt: skip
 
             assert found
-            assert documents.count_tokens(retrieval.render_context(found)) <= budget
-            assert sum(retrieval.cost_of(p) for p in found) <= budget
+            assert documents.count_tokens(search.render_context(found)) <= budget
+            assert sum(search.cost_of(p) for p in found) <= budget
 
     async def test_a_passage_that_would_overflow_is_skipped(
         self, db: dbpool.Pool, tmp_path: Path
@@ -605,7 +605,7 @@ class TestRetrieve:
         everything = await ask(db, "kiwi")
         assert [p.source for p in everything] == [source_of(big), source_of(small)]
 
-        found = await ask(db, "kiwi", token_budget=retrieval.cost_of(everything[1]) + 10)
+        found = await ask(db, "kiwi", token_budget=search.cost_of(everything[1]) + 10)
 
         assert [p.source for p in found] == [source_of(small)]
 
@@ -655,7 +655,7 @@ class TestRetrieve:
         root = await handbook(db, tmp_path)
 
         found = await ask(db, "Which port is open to the internet?", top_k=2)
-        context = retrieval.render_context(found)
+        context = search.render_context(found)
 
         first = found[0]
         assert context.startswith(
@@ -672,11 +672,11 @@ class TestRetrieve:
         found = await ask(db, "refund", top_k=2)
 
         as_dicts = [
-            {field: getattr(p, field) for field in retrieval.Passage.__dataclass_fields__}
+            {field: getattr(p, field) for field in search.Passage.__dataclass_fields__}
             for p in found
         ]
 
-        assert retrieval.render_context(as_dicts) == retrieval.render_context(found)
+        assert search.render_context(as_dicts) == search.render_context(found)
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="class")

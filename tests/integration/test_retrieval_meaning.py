@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.agents import documents, embedding, retrieval
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
+from appliance.retrieval import documents, embedding, search, vectors
 
 # Three short notes that share no word with the questions asked of them below.
 HOUSE = {
@@ -72,8 +72,8 @@ async def ask(
     tenant_id: str = "default",
     model_dir: Path | None = None,
     top_k: int = 5,
-) -> list[retrieval.Passage]:
-    return await retrieval.retrieve(
+) -> list[search.Passage]:
+    return await search.retrieve(
         db,
         tenant_id=tenant_id,
         collections=("house",),
@@ -90,9 +90,9 @@ async def by_words(db: dbpool.Pool, query: str) -> list[str]:
         db,
         tenant_id="default",
         collections=["house"],
-        query=retrieval.search_query(query),
-        k1=retrieval.K1,
-        b=retrieval.B,
+        query=search.search_query(query),
+        k1=search.K1,
+        b=search.B,
         max_tokens=4000,
         limit=10,
     )
@@ -288,23 +288,96 @@ class TestWithoutTheModel:
         assert (await ask(db, CROCKERY))[0].source == source
 
 
-class TestMerge:
-    """How the two rankings become one (pure functions of `retrieval`)."""
+@pytest.mark.asyncio(loop_scope="session")
+class TestIndexes:
+    async def test_a_second_question_reads_no_vectors(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """The collection's vectors are read once and kept while it does not change."""
+        await ingest(db, list(house(tmp_path).values()))
+        before = vectors.indexes.loads
 
-    def test_the_words_best_comes_first_then_three_of_the_meanings(self) -> None:
-        """One slot in four goes to the words' ranking, the first one included."""
-        assert retrieval.merge([1, 2, 3], [10, 11, 12, 13, 14, 15, 16]) == [
-            1, 10, 11, 12, 2, 13, 14, 15, 3, 16,
-        ]  # fmt: skip
+        await ask(db, CROCKERY)
+        await ask(db, BIKE)
+
+        assert vectors.indexes.loads == before + 1
+
+    async def test_a_changed_collection_is_read_again(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """A document stored anew changes the collection's version: its new vectors are used."""
+        paths = house(tmp_path)
+        await ingest(db, list(paths.values()))
+        await ask(db, CROCKERY)
+        before = vectors.indexes.loads
+        write(
+            tmp_path / "house",
+            "garden.md",
+            "# Garden\n\nThe hens lay their eggs in the "
+            "wooden coop behind the shed; collect them at noon.\n",
+        )
+        await ingest(db, [paths["garden.md"]])
+
+        found = await ask(db, "Where do the chickens nest?", top_k=1)
+
+        assert vectors.indexes.loads == before + 1
+        assert "hens" in found[0].text
+
+
+class TestFuse:
+    """How the two rankings become one (pure functions of `search`)."""
+
+    def test_the_words_best_comes_first(self) -> None:
+        """The exact match of the words leads, whatever the meaning ranks first."""
+        assert search.fuse([1, 2, 3], [3, 4, 5])[:2] == [1, 3]
+
+    def test_a_passage_ranked_well_both_ways_comes_first(self) -> None:
+        """Found by both sides, a passage outranks the best of either side alone."""
+        fusion = search.Fusion(words_first=0)
+        assert search.fuse([1, 2, 3], [3, 4, 5], fusion)[0] == 3
 
     def test_a_passage_in_both_rankings_is_taken_once(self) -> None:
-        """A passage found both ways appears once, at its first turn."""
-        assert retrieval.merge([1, 2], [2, 3, 1, 4]) == [1, 2, 3, 4]
+        """Each passage appears once, whichever sides found it."""
+        assert sorted(search.fuse([1, 2], [2, 3, 1, 4])) == [1, 2, 3, 4]
 
-    def test_when_one_ranking_runs_out_the_other_continues(self) -> None:
+    def test_when_one_ranking_is_empty_the_other_order_is_kept(self) -> None:
         """Without meaning candidates the words' order is kept, and the other way round."""
-        assert retrieval.merge([3, 1, 2], []) == [3, 1, 2]
-        assert retrieval.merge([], [3, 1, 2]) == [3, 1, 2]
+        assert search.fuse([3, 1, 2], []) == [3, 1, 2]
+        assert search.fuse([], [3, 1, 2]) == [3, 1, 2]
+
+    def test_the_heavier_side_wins_a_tie_of_ranks(self) -> None:
+        """Two passages first on one side each: the weight decides which comes first."""
+        words = search.Fusion(k=20, words=2, meaning=1, words_first=0)
+        meaning = search.Fusion(k=20, words=1, meaning=2, words_first=0)
+        assert search.fuse([1], [2], words) == [1, 2]
+        assert search.fuse([1], [2], meaning) == [2, 1]
+
+    def test_a_question_of_several_sentences_is_embedded_whole_and_by_sentence(self) -> None:
+        """Each sentence of a two-part question gets a vector of its own, beside the whole."""
+        two = "I run a program with a time limit. Which error tells me it ran over?"
+
+        assert search.query_texts(two) == [
+            two,
+            "I run a program with a time limit.",
+            "Which error tells me it ran over?",
+        ]
+        assert search.query_texts("What is json.dumps for?") == ["What is json.dumps for?"]
+
+    def test_a_passage_counts_by_the_nearest_of_several_question_vectors(self) -> None:
+        """With several question vectors, a passage near any one of them ranks by that one."""
+        questions = np.zeros((2, embedding.DIMENSIONS), dtype=np.float32)
+        questions[0, 0] = questions[1, 1] = 1.0
+        rows = []
+        for passage_id, axis in ((1, 0), (2, 1), (3, 2)):
+            vector = np.zeros((1, embedding.DIMENSIONS), dtype=np.float32)
+            vector[0, axis] = 1.0
+            rows.append(dbdocuments.Vectors(passage_id, False, embedding.pack(vector)))
+
+        found = vectors.Index.build(rows).nearest(
+            questions, 10, private_penalty=0.0, min_similarity=0.5
+        )
+
+        assert sorted(found) == [1, 2]
 
     def test_a_private_passage_counts_less_and_a_far_one_not_at_all(self) -> None:
         """The private penalty reorders near ties; below the floor a passage is left out."""
@@ -318,4 +391,10 @@ class TestMerge:
 
         rows = [stored(1, 0.62, True), stored(2, 0.60, False), stored(3, 0.10, False)]
 
-        assert retrieval.nearest(rows, question, 10) == [2, 1]
+        index = vectors.Index.build(rows)
+        assert index.nearest(
+            question,
+            10,
+            private_penalty=search.PRIVATE_PENALTY,
+            min_similarity=search.MIN_SIMILARITY,
+        ) == [2, 1]

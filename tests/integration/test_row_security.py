@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from appliance import errors, models, settings, vault
-from appliance.agents import costs, definitions, documents
+from appliance.agents import costs, definitions
 from appliance.db import approvals as dbapprovals
 from appliance.db import audit as dbaudit
 from appliance.db import grants as dbgrants
@@ -40,6 +40,7 @@ from appliance.db import tasks as dbtasks
 from appliance.db import tenants as dbtenants
 from appliance.engine import context, registry, submission
 from appliance.ingress import schedules
+from appliance.retrieval import documents
 from tests.support import engine, postgres
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from appliance import errors
-from appliance.agents import embedding
+from appliance.retrieval import embedding
 
 SENTENCES = (
     "How do I get the biggest n items from a list?",

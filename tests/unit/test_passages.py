@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agents import documents
 from appliance.db import documents as dbdocuments
+from appliance.retrieval import documents
 
 WORDS = (
     "appliance", "tenant", "worker", "queue", "lease", "audit", "ledger", "budget", "policy",
@@ -215,19 +215,32 @@ class TestSearchText:
 
     def test_keywords_hold_the_file_and_the_definitions(self) -> None:
         """The title field names the file and the definitions; the definition that starts in
-        a passage is named twice, a later piece of it once."""
+        a passage is named twice, with its parameters, a later piece of it once."""
         source = function("readRows", 120)
 
         passages = documents.split(source, name="tables.py", kind="python", folder="csvkit")
 
         assert len(passages) > 1
-        assert passages[0].keywords == "csvkit tables readRows read Rows readRows read Rows"
+        assert passages[0].keywords == "csvkit tables readRows read Rows readRows read Rows x y"
         assert passages[1].keywords == "csvkit tables readRows read Rows"
         assert passages[0].keyword_tokens == documents.count_tokens(passages[0].keywords)
         assert passages[0].search_text == documents.search_text(passages[0].text)
 
 
 class TestPython:
+    def test_each_view_says_where_it_sits(self) -> None:
+        """A view starts with the file, the class and the definition's signature, so a piece
+        deep in a long method still names what it belongs to."""
+        body = function("rows", 200).replace("\n", "\n    ")
+        source = f"class Table(Base):\n    {body}"
+
+        passages = documents.split(source, name="tables.py", kind="python", folder="csvkit")
+
+        lines = [view.split("\n", 1)[0] for p in passages for view in p.views]
+        assert len(lines) > 2
+        assert lines[0] == "csvkit/tables.py > class Table(Base)"
+        assert set(lines[1:]) == {"csvkit/tables.py > class Table(Base) > def rows(x, y)"}
+
     def test_top_level_definitions_start_passages(self) -> None:
         """Each function large enough to stand alone is its own passage, titled by it."""
         source = "\n\n".join(function(name, 16) for name in ("alpha", "beta", "gamma"))

@@ -27,14 +27,21 @@ INSERT INTO appliance.model_calls
     (tenant_id, task_id, position, agent, agent_version, model, request_id, started_at,
      latency_ms, input_tokens, cache_creation_input_tokens, cache_write_5m_tokens,
      cache_write_1h_tokens, cache_read_input_tokens, output_tokens, cost_usd, uncached_cost_usd,
-     cache_note)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18
+     cache_note, context, context_tokens, context_expected_usd, context_other_usd)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+       $20, $21, $22
  WHERE $2::bigint IS NULL
     OR EXISTS (SELECT 1 FROM appliance.tasks t WHERE t.task_id = $2 AND t.tenant_id = $1)
 RETURNING call_id, tenant_id, task_id, position, agent, agent_version, model, request_id,
           started_at, latency_ms, input_tokens, cache_creation_input_tokens,
           cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, output_tokens,
-          cost_usd, uncached_cost_usd, cache_note, recorded_at;
+          cost_usd, uncached_cost_usd, cache_note, context, context_tokens,
+          context_expected_usd, context_other_usd, recorded_at;
+
+-- name: count_agent_calls
+-- How many calls agent $2 of tenant $1 made from $3 on (any version).
+SELECT count(*) FROM appliance.model_calls c
+ WHERE c.tenant_id = $1 AND c.agent = $2 AND c.started_at >= $3;
 
 -- name: report_costs
 -- Calls, token counters, cost and realised cache saving grouped by $1 (tenant, agent, model, day, task or all), of tenant $2 (all when null), from date $3 (UTC) on.

@@ -51,7 +51,8 @@ WITH gone AS (
 ), stats AS (
     UPDATE appliance.collections c
        SET passages = c.passages - s.n, tokens = c.tokens - s.tokens,
-           keyword_tokens = c.keyword_tokens - s.keyword_tokens
+           keyword_tokens = c.keyword_tokens - s.keyword_tokens,
+           version = nextval('appliance.collection_versions')
       FROM totals s
      WHERE c.tenant_id = s.tenant_id AND c.collection = s.collection
 )
@@ -102,7 +103,8 @@ WITH added AS (
     ON CONFLICT (tenant_id, collection, lexeme) DO UPDATE SET passages = t.passages + excluded.passages
 ), stats AS (
     UPDATE appliance.collections c
-       SET passages = c.passages + (SELECT count(*) FROM added),
+       SET version = nextval('appliance.collection_versions'),
+           passages = c.passages + (SELECT count(*) FROM added),
            tokens = c.tokens + (SELECT coalesce(sum(a.tokens), 0) FROM added a),
            keyword_tokens = c.keyword_tokens
                             + (SELECT coalesce(sum(a.keyword_tokens), 0) FROM added a)
@@ -194,3 +196,18 @@ SELECT p.passage_id, d.source, p.collection, p.position, p.title, p.text, p.toke
   FROM appliance.passages p
        JOIN appliance.documents d ON d.document_id = p.document_id
  WHERE p.tenant_id = $1 AND p.passage_id = ANY ($2::bigint[]);
+
+-- name: list_collection_passages
+-- Every passage of tenant $1's collections $2, in the order of their sources and positions.
+SELECT p.passage_id, d.source, p.collection, p.position, p.title, p.text, p.tokens,
+       p.line_start, p.line_end
+  FROM appliance.passages p
+       JOIN appliance.documents d ON d.document_id = p.document_id
+ WHERE p.tenant_id = $1 AND p.collection = ANY ($2::text[])
+ ORDER BY p.collection, d.source, p.position;
+
+-- name: get_collection_versions
+-- The version of each of tenant $1's collections $2 (bumped by every change of its passages).
+SELECT c.collection, c.version
+  FROM appliance.collections c
+ WHERE c.tenant_id = $1 AND c.collection = ANY ($2::text[]);

@@ -5,12 +5,17 @@ tokens, each with its title and its place in the file (1-based line range, chara
 into the decoded text). Only a file shorter than `MIN_TOKENS` as a whole gives a shorter
 passage. How a file is cut depends on its kind (by extension, `FORMATS`):
 
-- Markdown and reStructuredText: at headings, then at paragraphs; the heading path
-  (`Install > Linux`) is the title of the passages under it. Fenced code stays together.
+- Markdown, reStructuredText and HTML (read as text without its markup, Markdown-shaped:
+  `formats.html_text`; its passages cite the lines of that text): at headings, then at
+  paragraphs; the heading path (`Install > Linux`) is the title of the passages under it.
+  Fenced code stays together.
 - Python: at top-level `def`/`class` (with their decorators and the comments right above
   them), then at methods, then at blank lines; a definition's signature and docstring are
   kept with each other. The title is the definition (`class JSONDecoder > def decode`).
-- Plain text and other source files: at blank lines; the title is the file's name.
+- Plain text: at headings underlined (or over- and underlined) as in reStructuredText, which
+  is how plain-text manuals mark them, then at paragraphs; without headings the title is the
+  file's name.
+- Other source files: at blank lines; the title is the file's name.
 
 Each kind marks its cut points, each with a cost (a heading or a top-level definition is a
 bonus, a paragraph cheap, a sentence or a line dearer, between words dearest); a paragraph
@@ -22,7 +27,7 @@ its atoms cut where a definition or a section starts, then into runs of at most 
 each led by the file's folder and name. A passage counts by its best view: one vector of the
 whole passage (which the model cuts at 256 word pieces; most code passages are longer) ranked
 the answers of bench/tokens.py worse.
-Ingestion (`add_documents`) embeds them (`appliance.agents.embedding`) in the thread that reads
+Ingestion (`add_documents`) embeds them (`appliance.retrieval.embedding`) in the thread that reads
 and splits the file.
 
 Token estimate (`count_tokens`): every run of word characters and every other non-space
@@ -48,9 +53,9 @@ from pathlib import Path
 from typing import Literal
 
 from appliance import errors
-from appliance.agents import embedding
 from appliance.db import documents as dbdocuments
 from appliance.db import pool as dbpool
+from appliance.retrieval import embedding, formats
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +69,20 @@ VIEW_TOKENS = 100
 MAX_FILE_BYTES = 2_000_000
 COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
-Format = Literal["markdown", "rst", "text", "python", "code"]
+Format = Literal["markdown", "rst", "html", "text", "python", "code"]
 FORMATS: dict[str, Format] = {
     ".md": "markdown",
     ".markdown": "markdown",
     ".rst": "rst",
+    ".html": "html",
+    ".htm": "html",
     ".txt": "text",
     ".text": "text",
     ".py": "python",
     ".pyi": "python",
     **dict.fromkeys(
         (
-            ".c", ".cc", ".cfg", ".cpp", ".cs", ".css", ".go", ".h", ".hpp", ".html", ".ini",
+            ".c", ".cc", ".cfg", ".cpp", ".cs", ".css", ".go", ".h", ".hpp", ".ini",
             ".java", ".js", ".json", ".jsx", ".kt", ".lua", ".php", ".pl", ".rb", ".rs",
             ".scss", ".sh", ".sql", ".swift", ".toml", ".ts", ".tsx", ".xml", ".yaml", ".yml",
         ),
@@ -381,9 +388,9 @@ def _blocks(
     text: str, lines: Sequence[_Line], name: str, kind: Format
 ) -> tuple[list[_Block], frozenset[int]]:
     """The paragraphs of a file, and the lines that should stay with the line before them."""
-    if kind == "markdown":
+    if kind in ("markdown", "html"):
         return _markdown_blocks(text, lines, name)
-    if kind == "rst":
+    if kind in ("rst", "text"):
         return _rst_blocks(text, lines, name)
     if kind == "python":
         return _python_blocks(text, lines, name)
@@ -552,7 +559,6 @@ def _title(titles: Iterable[str]) -> str:
 _JOINED = re.compile(r"(?<=\w)[./\\](?=[A-Za-z_])")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
-_DEFINING = frozenset({"def", "class", "async"})
 _PACKAGE_FILES = frozenset({"__init__", "__main__", "index", "mod"})
 _FOLDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -585,27 +591,88 @@ def path_words(name: str, folder: str = "") -> str:
     return search_text(" ".join(words))
 
 
+def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> str:
+    """A definition as its header reads, without decorators or the colon:
+    `def get(self, key, default=None)`, `class Reader(Base)`."""
+    if isinstance(node, ast.ClassDef):
+        bases = ", ".join(ast.unparse(base) for base in [*node.bases, *node.keywords])
+        return f"class {node.name}({bases})" if bases else f"class {node.name}"
+    returns = f" -> {ast.unparse(node.returns)}" if node.returns is not None else ""
+    return f"{_definition_name(node)}({ast.unparse(node.args)}){returns}"
+
+
+def python_signatures(text: str) -> dict[str, str]:
+    """The signature path of each definition of a Python file by its title: `class A > def b`
+    -> `class A(Base) > def b(self, x=1)` (top-level definitions and their classes' methods,
+    as `_python_blocks` titles them). Empty for a file that does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return {}
+    signatures: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, _DEFINITIONS):
+            title, signature = _definition_name(node), _signature(node)
+            signatures[title] = signature
+            if isinstance(node, ast.ClassDef):
+                for child in node.body:
+                    if isinstance(child, _DEFINITIONS):
+                        key = f"{title} > {_definition_name(child)}"
+                        signatures[key] = f"{signature} > {_signature(child)}"
+    return signatures
+
+
+_NOT_WORDS = frozenset({"self", "cls", "None", "True", "False", "def", "class", "async"})
+
+
 def _keywords(
-    titles: Sequence[str], opened: Sequence[str], *, kind: Format, name: str, place: str
+    titles: Sequence[str],
+    opened: Sequence[str],
+    *,
+    kind: Format,
+    name: str,
+    place: str,
+    signatures: dict[str, str],
 ) -> str:
     """The title field of a passage: the file's words, its titles' names, and once more the
     names of the definitions or sections that start in it (so a definition's opening passage
-    outranks its later ones)."""
+    outranks its later ones), with their parameters' names (so a definition without a
+    docstring is found by what it takes)."""
 
     def words(part: str) -> str:
         if kind == "python":
-            part = " ".join(w for w in _IDENTIFIER.findall(part) if w not in _DEFINING)
+            part = " ".join(w for w in _IDENTIFIER.findall(part) if w not in _NOT_WORDS)
         return search_text(part)
 
     parts = [part for title in titles if title != name for part in title.split(" > ")]
-    last = [title.split(" > ")[-1] for title in opened if title != name]
-    return " ".join(filter(None, [place, *map(words, dict.fromkeys(parts)), *map(words, last)]))
+    last = [words(title.split(" > ")[-1]) for title in opened if title != name]
+    parameters = [
+        word
+        for title in opened
+        if title in signatures
+        for word in words(signatures[title].split(" > ")[-1].partition("(")[2]).split()
+    ]
+    return " ".join(
+        filter(None, [place, *map(words, dict.fromkeys(parts)), *last, *dict.fromkeys(parameters)])
+    )
 
 
-def _views(text: str, atoms: Sequence[_Atom], label: str) -> tuple[str, ...]:
+def context_line(label: str, title: str, name: str, signatures: dict[str, str]) -> str:
+    """Where a piece of a document sits, as one line that leads its view: the file's `label`
+    and the section path or the definitions it is in, with their signatures
+    (`configparser.py > class RawConfigParser(object) > def getboolean(self, section, ...)`)."""
+    if title == name:
+        return label
+    return f"{label} > {signatures.get(title, title)}"
+
+
+def _views(
+    text: str, atoms: Sequence[_Atom], label: str, name: str, signatures: dict[str, str]
+) -> tuple[str, ...]:
     """What a passage's vectors are made of: its atoms cut where a definition or a section
-    starts (or the title changes), then into runs of at most `VIEW_TOKENS`, each led by the
-    file's `label` (`json/decoder.py`), so each view is about one thing."""
+    starts (or the title changes), then into runs of at most `VIEW_TOKENS`, each led by its
+    context line (`context_line`: the file, the section path or the definitions with their
+    signatures), so each view is about one thing and says where it is."""
     runs: list[tuple[int, int]] = []  # (first atom, last atom)
     tokens = 0
     for k, atom in enumerate(atoms):
@@ -615,7 +682,11 @@ def _views(text: str, atoms: Sequence[_Atom], label: str) -> tuple[str, ...]:
             tokens = 0
         runs[-1] = (runs[-1][0], k)
         tokens += atom.tokens
-    return tuple(f"{label}\n{text[atoms[a].start : atoms[b].end]}" for a, b in runs)
+    return tuple(
+        f"{context_line(label, atoms[a].title, name, signatures)}\n"
+        f"{text[atoms[a].start : atoms[b].end]}"
+        for a, b in runs
+    )
 
 
 def _private(opened: Sequence[str], kind: Format) -> bool:
@@ -633,6 +704,7 @@ def split(text: str, *, name: str, kind: Format, folder: str = "") -> list[dbdoc
     leads each of their views."""
     place = path_words(name, folder)
     label = f"{folder}/{name}" if folder else name
+    signatures = python_signatures(text) if kind == "python" else {}
     lines = _lines(text)
     blocks, glued = _blocks(text, lines, name, kind)
     atoms = _atoms(text, lines, blocks, glued)
@@ -643,7 +715,9 @@ def split(text: str, *, name: str, kind: Format, folder: str = "") -> list[dbdoc
         body = text[start:end]
         titles = list(dict.fromkeys(atom.title for atom in atoms[i:j]))
         opened = list(dict.fromkeys(atom.title for atom in atoms[i:j] if atom.opens))
-        keywords = _keywords(titles, opened, kind=kind, name=name, place=place)
+        keywords = _keywords(
+            titles, opened, kind=kind, name=name, place=place, signatures=signatures
+        )
         passages.append(
             dbdocuments.NewPassage(
                 position=position,
@@ -657,11 +731,18 @@ def split(text: str, *, name: str, kind: Format, folder: str = "") -> list[dbdoc
                 keywords=keywords,
                 keyword_tokens=count_tokens(keywords),
                 search_text=search_text(body),
-                views=_views(text, atoms[i:j], label),
+                views=_views(text, atoms[i:j], label, name, signatures),
                 private=_private(opened, kind),
             )
         )
     return passages
+
+
+def readable(text: str, kind: Format) -> str:
+    """A file's decoded text as it is split: without a byte-order mark, and an HTML page as
+    its text (`formats.html_text`)."""
+    text = text.removeprefix("\ufeff")
+    return formats.html_text(text) if kind == "html" else text
 
 
 def kind_of(path: Path) -> Format | None:
@@ -724,7 +805,7 @@ def _walk(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def _with_vectors(
-    passages: Sequence[dbdocuments.NewPassage], encoder: embedding.Encoder
+    passages: Sequence[dbdocuments.NewPassage], encoder: embedding.TextEncoder
 ) -> list[dbdocuments.NewPassage]:
     """The passages with the vectors of their views (all views encoded in one batch)."""
     vectors = encoder.encode([view for passage in passages for view in passage.views])
@@ -737,7 +818,9 @@ def _with_vectors(
     return out
 
 
-def _read(path: Path, known_sha256: str | None, encoder: embedding.Encoder | None) -> _Read | str:
+def _read(
+    path: Path, known_sha256: str | None, encoder: embedding.TextEncoder | None
+) -> _Read | str:
     """The file's sha256 and passages, with their vectors when there is an `encoder` (None
     when its sha256 is `known_sha256`), or why not."""
     try:
@@ -759,16 +842,14 @@ def _read(path: Path, known_sha256: str | None, encoder: embedding.Encoder | Non
     kind = kind_of(path)
     if kind is None:
         return "not a text, Markdown or source file"
-    passages = split(
-        text.removeprefix("\ufeff"), name=path.name, kind=kind, folder=path.parent.name
-    )
+    passages = split(readable(text, kind), name=path.name, kind=kind, folder=path.parent.name)
     if encoder is not None:
         passages = _with_vectors(passages, encoder)
     return _Read(sha256, passages)
 
 
 async def _read_ahead(
-    files: Sequence[Path], known: dict[str, str], encoder: embedding.Encoder | None
+    files: Sequence[Path], known: dict[str, str], encoder: embedding.TextEncoder | None
 ) -> AsyncGenerator[tuple[Path, _Read | str], None]:
     """Each file read, split and embedded in a thread while the caller stores the one before."""
     if not files:
@@ -799,6 +880,7 @@ async def add_documents(
     collection: str,
     paths: Sequence[Path],
     model_dir: Path | None = None,
+    encoder: embedding.TextEncoder | None = None,
 ) -> IngestReport:
     """Ingest files and directory trees into a tenant's collection, one transaction per file.
 
@@ -808,7 +890,8 @@ async def add_documents(
     tenant) the error is raised and the files before it stay stored.
 
     Passages get the vectors of the embedding model in `model_dir` (default: the installed
-    package's, `embedding.load`). Without the model they are stored without vectors, found by
+    package's, `embedding.load`), or of `encoder` when one is given (the same model, e.g. with
+    a cache in front). Without the model they are stored without vectors, found by
     their words alone, and a warning says so; an unchanged file stored without vectors gets
     them the next time it is ingested with the model ("embedded").
     """
@@ -817,7 +900,8 @@ async def add_documents(
             f"collection {collection!r} must be 1-128 letters, digits or _.:/- "
             "(starting with a letter or digit)"
         )
-    encoder = await asyncio.to_thread(embedding.load, model_dir)
+    if encoder is None:
+        encoder = await asyncio.to_thread(embedding.load, model_dir)
     model = embedding.MODEL if encoder is not None else None
     files, skipped = await asyncio.to_thread(_walk, paths)
     known = await dbdocuments.list_documents(

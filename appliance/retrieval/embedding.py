@@ -28,6 +28,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,13 @@ _LAYERS = 6
 _EPSILON = 1e-12  # BERT's layer norm epsilon
 
 Vectors = npt.NDArray[np.float32]
+
+
+class TextEncoder(Protocol):
+    """What ingestion needs of an encoder: unit vectors of `DIMENSIONS` for texts, in order
+    (`Encoder`, or one that keeps them in a cache, as the benchmarks do)."""
+
+    def encode(self, texts: Sequence[str]) -> Vectors: ...
 
 
 def package_directory() -> Path | None:
