@@ -5,8 +5,9 @@ tokens, each with its title and its place in the file (1-based line range, chara
 into the decoded text). Only a file shorter than `MIN_TOKENS` as a whole gives a shorter
 passage. How a file is cut depends on its kind (by extension, `FORMATS`):
 
-- Markdown, reStructuredText and HTML (read as text without its markup, Markdown-shaped:
-  `formats.html_text`; its passages cite the lines of that text): at headings, then at
+- Markdown, reStructuredText, HTML (read as text without its markup, Markdown-shaped:
+  `formats.html_text`; its passages cite the lines of that text) and PDF (its text layer,
+  each page under a `# Page N` heading, `formats.pdf_text`): at headings, then at
   paragraphs; the heading path (`Install > Linux`) is the title of the passages under it.
   Fenced code stays together.
 - Python: at top-level `def`/`class` (with their decorators and the comments right above
@@ -69,13 +70,14 @@ VIEW_TOKENS = 100
 MAX_FILE_BYTES = 2_000_000
 COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 
-Format = Literal["markdown", "rst", "html", "text", "python", "code"]
+Format = Literal["markdown", "rst", "html", "pdf", "text", "python", "code"]
 FORMATS: dict[str, Format] = {
     ".md": "markdown",
     ".markdown": "markdown",
     ".rst": "rst",
     ".html": "html",
     ".htm": "html",
+    ".pdf": "pdf",
     ".txt": "text",
     ".text": "text",
     ".py": "python",
@@ -388,7 +390,7 @@ def _blocks(
     text: str, lines: Sequence[_Line], name: str, kind: Format
 ) -> tuple[list[_Block], frozenset[int]]:
     """The paragraphs of a file, and the lines that should stay with the line before them."""
-    if kind in ("markdown", "html"):
+    if kind in ("markdown", "html", "pdf"):
         return _markdown_blocks(text, lines, name)
     if kind in ("rst", "text"):
         return _rst_blocks(text, lines, name)
@@ -830,16 +832,24 @@ def _read(
         data = path.read_bytes()
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
-    if b"\0" in data:  # Postgres text cannot hold NUL
-        return "binary"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return "binary or not UTF-8"
     sha256 = hashlib.sha256(data).hexdigest()
-    if sha256 == known_sha256:
-        return _Read(sha256, None)
     kind = kind_of(path)
+    if kind == "pdf":
+        if sha256 == known_sha256:
+            return _Read(sha256, None)
+        try:
+            text = formats.pdf_text(data)
+        except formats.UnreadableError as exc:
+            return str(exc)
+    else:
+        if b"\0" in data:  # Postgres text cannot hold NUL
+            return "binary"
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "binary or not UTF-8"
+        if sha256 == known_sha256:
+            return _Read(sha256, None)
     if kind is None:
         return "not a text, Markdown or source file"
     passages = split(readable(text, kind), name=path.name, kind=kind, folder=path.parent.name)

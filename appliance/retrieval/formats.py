@@ -1,4 +1,4 @@
-"""Documents in other formats read as text: HTML without its markup.
+"""Documents in other formats read as text: HTML without its markup, PDF by its pages.
 
 `html_text` turns an HTML page into Markdown-shaped plain text, so the Markdown splitter cuts it
 at its headings and a passage's title is its section path: `<h1>`..`<h6>` become `#` headings,
@@ -8,12 +8,20 @@ space. What is not the page's content is left out: `<head>`, scripts and styles,
 (`<nav>`, or any element whose role is navigation) and elements whose class marks them as a
 sidebar, a footer, a header link or a breadcrumb trail (the furniture of generated manuals).
 Character references are decoded. A passage of an HTML file cites the lines of this text.
+
+`pdf_text` gives a PDF's text as pypdf extracts it, each page under a `# Page N` heading, so
+a passage is titled by the pages it comes from. A PDF without a text layer (scanned images)
+gives no text; one that cannot be read is `UnreadableError`.
 """
 
 from __future__ import annotations
 
 import html.parser
+import io
 import re
+
+import pypdf
+import pypdf.errors
 
 _HEADINGS = {f"h{level}": level for level in range(1, 7)}
 _BLOCKS = frozenset(
@@ -112,3 +120,21 @@ def html_text(page: str) -> str:
     parser._end_line()
     text = "\n".join(parser.lines)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+class UnreadableError(ValueError):
+    """A document whose format is known but whose content cannot be read."""
+
+
+def pdf_text(data: bytes) -> str:
+    """The text of a PDF, page by page (see the module's docstring)."""
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        pages = [(page.extract_text() or "").replace("\0", "") for page in reader.pages]
+    except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError) as exc:
+        raise UnreadableError(f"not a readable PDF: {exc}") from exc
+    return "\n\n".join(
+        f"# Page {number}\n\n{text.strip()}"
+        for number, text in enumerate(pages, start=1)
+        if text.strip()
+    )

@@ -146,28 +146,47 @@ async def retrieve(
             lexical_search.cancel()
             await asyncio.wait([lexical_search])
     order = fuse(list(lexical), semantic, fusion)
-    missing = [passage_id for passage_id in order if passage_id not in lexical]
-    found = dict(lexical)
-    if missing:
-        found.update(await dbdocuments.get_passages(db, tenant_id=tenant_id, passage_ids=missing))
+    return await _pack(db, tenant_id, order, dict(lexical), top_k=top_k, token_budget=token_budget)
+
+
+async def _pack(
+    db: dbpool.Pool,
+    tenant_id: str,
+    order: Sequence[int],
+    found: dict[int, Passage],
+    *,
+    top_k: int,
+    token_budget: int,
+) -> list[Passage]:
+    """The first `top_k` passages of `order` that fit the budget and repeat none before
+    them; those not in `found` (only the meaning found them) are read in runs of 2 * top_k,
+    as the packing reaches them."""
     chosen: list[Passage] = []
     words: list[frozenset[str]] = []
     spent = 0
-    for rank, passage_id in enumerate(order, start=1):
-        passage = found.get(passage_id)
-        if passage is None:
-            continue  # deleted since its vectors were read
-        cost = cost_of(passage)
-        if spent + cost > token_budget:
-            continue
-        these = frozenset(_WORDS.findall(passage.text.lower()))
-        if any(_similar(these, other) for other in words):
-            continue
-        chosen.append(dataclasses.replace(passage, score=1.0 / rank))
-        words.append(these)
-        spent += cost
-        if len(chosen) == top_k:
-            break
+    step = 2 * top_k
+    for first in range(0, len(order), step):
+        run = order[first : first + step]
+        missing = [passage_id for passage_id in run if passage_id not in found]
+        if missing:
+            found.update(
+                await dbdocuments.get_passages(db, tenant_id=tenant_id, passage_ids=missing)
+            )
+        for rank, passage_id in enumerate(run, start=first + 1):
+            passage = found.get(passage_id)
+            if passage is None:
+                continue  # deleted since its vectors were read
+            cost = cost_of(passage)
+            if spent + cost > token_budget:
+                continue
+            these = frozenset(_WORDS.findall(passage.text.lower()))
+            if any(_similar(these, other) for other in words):
+                continue
+            chosen.append(dataclasses.replace(passage, score=1.0 / rank))
+            words.append(these)
+            spent += cost
+            if len(chosen) == top_k:
+                return chosen
     return chosen
 
 

@@ -17,6 +17,7 @@ from appliance.db import pool as dbpool
 from appliance.db import tenants as dbtenants
 from appliance.retrieval import documents, search
 from tests.support import postgres
+from tests.unit.test_formats import pdf
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -432,6 +433,24 @@ class TestIngest:
             "photo.png": "not a text, Markdown or source file",
             "missing.md": "no such file or directory",
         }
+
+    async def test_a_pdf_is_read_by_its_text_and_a_broken_one_skipped(
+        self, db: dbpool.Pool, tmp_path: Path
+    ) -> None:
+        """A PDF's text layer becomes passages titled by page; a damaged PDF is skipped with
+        the reason."""
+        (tmp_path / "manual.pdf").write_bytes(pdf("Refunds take five days.", "Badges are red."))
+        (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 and then nothing")
+
+        report = await ingest(db, [tmp_path])
+        found = await ask(db, "refunds")
+
+        assert [Path(s).name for s in report.added] == ["manual.pdf"]
+        [(source, reason)] = report.skipped
+        assert Path(source).name == "broken.pdf"
+        assert reason.startswith("not a readable PDF")
+        assert found[0].title.startswith("Page 1")
+        assert "Refunds take five days." in found[0].text
 
     async def test_hidden_directories_are_not_walked(self, db: dbpool.Pool, tmp_path: Path) -> None:
         """Files under `.git`, `__pycache__` and other hidden folders are left out."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from appliance.retrieval import documents, formats
 
 PAGE = """<!DOCTYPE html>
@@ -73,3 +75,51 @@ class TestPlainText:
         passages = documents.split(text, name="guide.txt", kind="text")
 
         assert [p.title for p in passages] == ["GUIDE; Setup", "GUIDE > Usage"]
+
+
+def pdf(*pages: str) -> bytes:
+    """A minimal PDF whose pages show the given lines of text in Helvetica."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    kids = []
+    for text in pages:
+        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        stream = len(objects) + 1
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+        kids.append(len(objects) + 1)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 << /Type /Font /Subtype /Type1 "
+            b"/BaseFont /Helvetica >> >> >> >>" % stream
+        )
+    references = " ".join(f"{kid} 0 R" for kid in kids).encode()
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (references, len(kids))
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    table = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        table,
+    )
+    return bytes(out)
+
+
+class TestPdf:
+    def test_each_page_is_a_section_of_its_text(self) -> None:
+        """A PDF's text layer, page by page, each under a heading that titles its passages."""
+        text = formats.pdf_text(pdf("Refunds take five days.", "Badges are red."))
+
+        assert text.splitlines() == [
+            "# Page 1", "", "Refunds take five days.", "", "# Page 2", "", "Badges are red.",
+        ]  # fmt: skip
+        passages = documents.split(text, name="manual.pdf", kind="pdf")
+        assert passages[0].title.startswith("Page 1")
+
+    def test_a_file_that_is_not_a_pdf_is_unreadable(self) -> None:
+        """Bytes that are no PDF are refused with a reason, not a traceback."""
+        with pytest.raises(formats.UnreadableError, match="not a readable PDF"):
+            formats.pdf_text(b"%PDF-1.4 and then nothing")
