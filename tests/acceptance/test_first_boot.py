@@ -62,7 +62,10 @@ def space() -> Iterator[netns.Namespace]:
         pytest.skip("network namespaces need root and iproute2")
     try:
         with netns.namespace(f"{TAILNET_V4}/24") as created:
-            netns.ip("-n", created.name, "addr", "add", f"{TAILNET_V6}/128", "dev", "tailscale0")
+            # nodad: usable at once (a tentative address cannot be bound for a second or two)
+            netns.ip(
+                "-n", created.name, "addr", "add", f"{TAILNET_V6}/128", "dev", "tailscale0", "nodad"
+            )
             yield created
     except netns.NamespaceUnavailableError as exc:
         pytest.skip(f"no network namespace here: {exc}")
