@@ -11,7 +11,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from appliance import errors, settings
+from appliance import errors, redaction, settings
 
 if TYPE_CHECKING:
     import anthropic
@@ -40,6 +40,9 @@ class ModelClient:
             raise errors.ConfigError(
                 "model.api_key is not set (APPLIANCE_MODEL__API_KEY or [model] api_key)"
             )
+        # The key is a secret like the vault's: no log line, checkpoint, event or tool result
+        # carries it, in any of its encodings, from the moment a client holds it.
+        redaction.registry.add(config.api_key.get_secret_value(), "model.api_key")
         self._client: anthropic.AsyncAnthropic = anthropic.AsyncAnthropic(
             api_key=config.api_key.get_secret_value(),
             base_url=config.base_url,
