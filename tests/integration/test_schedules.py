@@ -139,6 +139,7 @@ class TestExactlyOnce:
         rng = random.Random(2026)  # noqa: S311 - seeded on purpose: a failure reproduces
 
         blocked: list[asyncpg.Record] = []
+        stopping: list[asyncio.Task[None]] = []
 
         async def one_blocked() -> bool:
             blocked[:] = await db.fetch(BLOCKED)
@@ -162,9 +163,10 @@ class TestExactlyOnce:
                         victim = application.removeprefix("scheduler-")
                         await db.execute("SELECT pg_terminate_backend($1)", pid)
                         await engine.wait_until(partial(gone, db, pid), what="its session ended")
-                    # the process goes too (once the lock is gone: its pool may be queued on it)
-                    async with asyncio.timeout(30):
-                        await running.pop(victim).aclose()
+                    # the process goes too, all its connections with it (as a kill does); its
+                    # stop is not waited for (a killed process does not stop cleanly either)
+                    pools[victim].terminate()
+                    stopping.append(asyncio.create_task(running.pop(victim).aclose()))
                     clock.advance(1)  # the survivors' next look
                 else:
                     left = int((end - clock.now()).total_seconds())
@@ -175,6 +177,10 @@ class TestExactlyOnce:
         finally:
             for stack in running.values():
                 await stack.aclose()
+            for task in stopping:
+                task.cancel()
+            if stopping:
+                await asyncio.wait(stopping, timeout=5)
             for pool in pools.values():
                 pool.terminate()
 
