@@ -119,6 +119,11 @@ class TestPowerCycle:
         await machine.boot()
         await installed.active(machine)
         assert (await installed.readyz(machine))[0] == 200
+        # the root setup step ran at this boot, under its hardened unit, and succeeded
+        setup = await machine.run(
+            "systemctl", "show", "appliance-setup.service", "--property=ActiveState,Result"
+        )
+        assert sorted(setup.stdout.split()) == ["ActiveState=active", "Result=success"], setup
         assert await installed.task(machine, task_id) == before
         audit = json.loads(
             (await installed.appliance(machine, "--json", "audit", "show", str(task_id))).stdout
